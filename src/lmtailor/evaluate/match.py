@@ -1,0 +1,28 @@
+"""Answer matching shared by the quickstart and the `contains` / `exact_match` metrics."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_PUNCT = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalize(text: str) -> str:
+    """Lower case, NFKC, punctuation and runs of spaces folded to one space (works for Chinese too)."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(_PUNCT.sub(" ", text).split())
+
+
+def contains(prediction: str, reference: str) -> bool:
+    """The reference appears in the prediction, compared on normalised text and word boundaries."""
+    ref, pred = normalize(reference), normalize(prediction)
+    if not ref:
+        return False
+    if _is_cjk(ref):
+        return ref.replace(" ", "") in pred.replace(" ", "")
+    return f" {ref} " in f" {pred} "
+
+
+def _is_cjk(text: str) -> bool:
+    return any("\u3400" <= ch <= "\u9fff" for ch in text)

@@ -1,0 +1,130 @@
+"""Job specs: validated once at the door (YAML, flags, JSON body), then trusted. Unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lmtailor.errors import SpecError
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainSpec(_Spec):
+    """What `lmtailor train` runs. Fields left as None are chosen from the data and model (docs/defaults.md)."""
+
+    model: str = Field(
+        "smollm2-135m-instruct", description="catalog name, model folder, tuned model or .gguf file"
+    )
+    data: str = Field(
+        ..., description="training file (chat, alpaca or sharegpt; JSONL, JSON, CSV or Parquet)"
+    )
+    val_data: str | None = Field(None, description="validation file; else `val_ratio` of the training rows")
+    val_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of training rows held out for validation")
+    format: Literal["auto", "chat", "alpaca", "sharegpt"] = Field("auto", description="data format")
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="bad rows stop the run, or are skipped and counted"
+    )
+    output: str | None = Field(None, description="output folder (default: <home>/models/<name>)")
+    name: str | None = Field(None, description="name of the tuned model in the home (default: derived)")
+    method: Literal["sft"] = Field("sft", description="training method")
+    strategy: Literal["auto", "lora", "full", "freeze"] = Field(
+        "auto", description="auto: full for models up to 1B parameters on small data, else LoRA"
+    )
+    freeze_layers: int | None = Field(None, ge=1, description="freeze: train only the last N decoder layers")
+    freeze_modules: list[str] | None = Field(
+        None, description="freeze: train only parameters whose name contains one of these"
+    )
+    lora_r: int = Field(32, ge=1, description="LoRA rank: higher learns more, costs memory")
+    lora_alpha: int | None = Field(None, ge=1, description="LoRA alpha (default 2 x rank)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    lora_target_modules: list[str] | str = Field("all-linear", description="modules LoRA wraps")
+    learning_rate: float | None = Field(
+        None, gt=0, description="peak learning rate (auto from strategy and size)"
+    )
+    epochs: float | None = Field(None, gt=0, description="passes over the data (auto from data size)")
+    batch_size: int | None = Field(None, ge=1, description="samples per optimizer step (auto)")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="fraction of steps spent warming up")
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    neftune_alpha: float | None = Field(
+        None, ge=0, description="NEFTune embedding noise (auto); 0 turns it off"
+    )
+    max_length: int | None = Field(
+        None, ge=8, description="token limit per sample (auto: longest sample, <= 2048)"
+    )
+    packing: bool = Field(
+        True, description="pack samples into padding-free batches; samples never attend to each other"
+    )
+    seed: int = Field(42)
+    eval_steps: int | None = Field(None, ge=1, description="validate every N steps (default: each epoch)")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after N validations without improvement"
+    )
+    keep_best: bool = Field(False, description="end with the checkpoint of lowest validation loss")
+    save_steps: int | None = Field(
+        None, ge=1, description="checkpoint every N steps (default: about 3 per run)"
+    )
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept on disk while training")
+    keep_checkpoints: bool = Field(
+        False, description="keep checkpoints after a finished run (they hold optimizer state)"
+    )
+    resume: bool = Field(False, description="continue from the last checkpoint in the output folder")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the hardware has it"
+    )
+    trust_remote_code: bool = Field(
+        False, description="run code shipped with the model (off unless you trust it)"
+    )
+    merge: bool = Field(
+        True, description="also save LoRA weights merged into the base (plain from_pretrained loads it)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSpec:
+        if self.strategy != "freeze" and (self.freeze_layers or self.freeze_modules):
+            raise ValueError("freeze_layers / freeze_modules need strategy: freeze")
+        return self
+
+
+def load_spec(cls: type[_Spec], file: str | Path | None, overrides: dict[str, Any]) -> Any:
+    """A spec from a YAML file with flags on top (flags that are None are left out)."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if file:
+        path = Path(file)
+        if not path.is_file():
+            raise SpecError(f"spec file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise SpecError(f"{path}: invalid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: a spec is a mapping of keys to values")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return build_spec(cls, data, where=str(file) if file else "spec")
+
+
+def build_spec(cls: type[_Spec], data: dict[str, Any], where: str = "spec") -> Any:
+    try:
+        return cls(**data)
+    except ValidationError as e:
+        raise SpecError(_explain(cls, e, where)) from None
+
+
+def _explain(cls: type[_Spec], e: ValidationError, where: str) -> str:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "spec"
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(cls.model_fields)
+            lines.append(f"{where}: unknown key {key!r}; valid keys: {valid}")
+        else:
+            lines.append(f"{where}: {key}: {err['msg']}")
+    return "\n".join(lines)

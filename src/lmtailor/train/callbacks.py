@@ -1,0 +1,119 @@
+"""Trainer callbacks: metrics.jsonl, a progress bar with loss / lr / tokens/s / time left, the loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends every log (train and validation) to metrics.jsonl with tokens/s and elapsed time."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.start = time.time()
+        self.last_time = self.start
+        self.last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = self.last_time = time.time()
+        self.last_tokens = state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.time()
+        row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **logs}
+        tokens = state.num_input_tokens_seen
+        if "loss" in logs and now > self.last_time:
+            row["tokens_per_second"] = round((tokens - self.last_tokens) / (now - self.last_time), 1)
+            self.last_time, self.last_tokens = now, tokens
+        row["tokens_seen"] = int(tokens)
+        row["elapsed_s"] = round(now - self.start, 2)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class ProgressCallback(TrainerCallback):
+    """One tqdm bar: steps with loss, learning rate, tokens/s; tqdm gives time left."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+        self.t0 = 0.0
+        self.tokens0 = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.enabled and state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step")
+            self.t0, self.tokens0 = time.time(), state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.bar or not logs:
+            return
+        post = {}
+        if "loss" in logs:
+            post["loss"] = f"{logs['loss']:.3f}"
+            post["lr"] = f"{logs.get('learning_rate', 0):.1e}"
+            elapsed = time.time() - self.t0
+            if elapsed > 0:
+                post["tok/s"] = f"{(state.num_input_tokens_seen - self.tokens0) / elapsed:.0f}"
+        if "eval_loss" in logs:
+            post["val"] = f"{logs['eval_loss']:.3f}"
+        self.bar.set_postfix(post, refresh=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar:
+            self.bar.close()
+            self.bar = None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash mid-write
+    return rows
+
+
+def plot_loss(metrics_path: Path, png: Path, title: str = "loss") -> Path | None:
+    """Train and validation loss against steps, written atomically to `png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train and not val:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=False), label="train", color="#1f77b4")
+    if val:
+        ax.plot(*zip(*val, strict=False), "o-", label="validation", color="#d62728")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(png)
+    return png

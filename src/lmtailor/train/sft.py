@@ -1,0 +1,304 @@
+"""Supervised fine-tuning: load model, apply strategy, tokenize data, train with TRL, save, write the card."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from lmtailor.data.records import Record
+from lmtailor.errors import DataError, LmtailorError
+from lmtailor.home import atomic_write_json, home_dir
+from lmtailor.specs import TrainSpec
+
+
+def run_sft(
+    spec: TrainSpec, home: str | Path | None = None, progress: bool = True, log: Callable = print
+) -> Path:
+    """Train `spec.model` on `spec.data`; return the tuned model folder."""
+    import torch
+
+    from lmtailor.data.tokenize import tokenize_records
+    from lmtailor.models.catalog import resolve
+    from lmtailor.models.loading import _count_parameters, best_device, load_model, load_tokenizer
+    from lmtailor.train.defaults import choose
+    from lmtailor.train.strategy import apply_strategy, trainable_summary
+
+    torch.manual_seed(spec.seed)
+    base = resolve(spec.model, home)
+    out = output_dir(spec, home)
+    tok = load_tokenizer(base, trust_remote_code=spec.trust_remote_code)
+    train_recs, val_recs = load_train_val(spec)
+    device = best_device()
+    precision = _precision(spec, device)
+    lengths = [len(tokenize_records(tok, [r])[0][0]["input_ids"]) for r in train_recs]
+    n_params = _count_parameters(base.path) or 0
+    plan = choose(spec, len(train_recs), lengths, n_params, on_gpu=device == "cuda")
+    model = load_model(
+        base,
+        dtype=_weights_dtype(plan.strategy, precision),
+        device=device,
+        trust_remote_code=spec.trust_remote_code,
+    )
+    train_ex, stats = tokenize_records(tok, train_recs, plan.max_length)
+    val_ex, _ = tokenize_records(tok, val_recs, plan.max_length) if val_recs else ([], None)
+    if not train_ex:
+        raise DataError(spec.data, None, "no row has assistant tokens to learn from")
+    model = apply_strategy(model, spec, plan.strategy)
+    trainable, total = trainable_summary(model)
+    log(
+        f"model {spec.model} ({total / 1e6:.0f}M parameters) on {device}, {precision}; strategy {plan.strategy}: "
+        f"{trainable / 1e6:.2f}M trainable"
+    )
+    log(
+        f"data: {stats.rows} rows, {stats.trained_tokens} trained tokens of {stats.tokens}; "
+        f"{stats.truncated} truncated to {plan.max_length}; validation: {len(val_ex)} rows"
+    )
+    for dropped in stats.dropped[:5]:
+        log(f"  dropped {dropped}")
+    for key, why in plan.why.items():
+        log(f"  {key} = {why}")
+
+    trainer = _build_trainer(spec, plan, model, tok, train_ex, val_ex, out, precision, progress, lengths)
+    resume = _last_checkpoint(out) if spec.resume else None
+    if spec.resume and resume is None:
+        log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    runtime = time.time() - t0
+    metrics = {
+        "train_loss": result.training_loss,
+        "runtime_s": round(runtime, 1),
+        "steps": trainer.state.global_step,
+        "trained_tokens": stats.trained_tokens * plan.epochs,
+    }
+    if val_ex:
+        metrics.update({k: v for k, v in trainer.evaluate().items() if k == "eval_loss"})
+    _save(trainer.model, tok, out, plan.strategy, spec.merge, base.path)
+    if not spec.keep_checkpoints:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    from lmtailor.train.callbacks import plot_loss
+
+    plot_loss(out / "metrics.jsonl", out / "loss.png", title=f"{out.name}: loss")
+    write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics)
+    log(f"saved {out}")
+    return out
+
+
+def output_dir(spec: TrainSpec, home: str | Path | None) -> Path:
+    if spec.output:
+        return Path(spec.output).expanduser().resolve()
+    name = spec.name or f"{Path(spec.model).name}-{Path(spec.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return home_dir(home) / "models" / name
+
+
+def load_train_val(spec: TrainSpec) -> tuple[list[Record], list[Record]]:
+    from lmtailor.data.formats import load_records
+    from lmtailor.data.split import split_records
+
+    train = load_records(spec.data, fmt=spec.format, on_error=spec.on_error).records
+    if not train:
+        raise DataError(spec.data, None, "no usable rows")
+    if spec.val_data:
+        return train, load_records(spec.val_data, fmt=spec.format, on_error=spec.on_error).records
+    if spec.val_ratio > 0:
+        parts = split_records(train, ratios=(1 - spec.val_ratio, spec.val_ratio, 0.0), seed=spec.seed)
+        return parts["train"], parts["val"]
+    return train, []
+
+
+def _precision(spec: TrainSpec, device: str):
+    """The compute precision: bf16 autocast where the hardware has it natively, else fp32."""
+    import torch
+
+    from lmtailor.models.loading import best_dtype
+
+    want = spec.precision
+    if want == "auto":
+        want = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(best_dtype(device), "fp32")
+    if want == "fp16" and device == "cpu":
+        raise LmtailorError("precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+    return want
+
+
+def _weights_dtype(strategy: str, precision: str):
+    """Frozen weights (LoRA's base) are stored in the compute dtype; weights that train stay fp32 masters."""
+    import torch
+
+    if strategy == "lora" and precision in ("bf16", "fp16"):
+        return torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.float32
+
+
+def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precision, progress, lengths):
+    """transformers' Trainer over our tokenised rows (TRL's SFT loss path builds fp32 vocab-wide metrics on
+    every token, which costs a third of a CPU step; the loss here is the model's own)."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    from lmtailor.train.callbacks import MetricsCallback, ProgressCallback
+    from lmtailor.train.collate import PackedCollator, PaddedCollator
+
+    train_ds = Dataset.from_list(train_ex)
+    val_ds = Dataset.from_list(val_ex) if val_ex else None
+    if spec.packing:
+        from trl import pack_dataset
+
+        # Bins of about `batch_size` samples each: one row per step, samples kept apart by the mask.
+        mean = sum(lengths) / max(1, len(lengths))
+        seq_len = max(plan.max_length, int(math.ceil(plan.batch_size * mean)))
+        train_ds = pack_dataset(train_ds, seq_len, "bfd")
+        val_ds = pack_dataset(val_ds, seq_len, "bfd") if val_ds is not None else None
+        collator, per_device = PackedCollator(tok.pad_token_id), 1
+    else:
+        collator, per_device = PaddedCollator(tok.pad_token_id), plan.batch_size
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / (per_device * spec.grad_accum)))
+    has_val = val_ds is not None
+    best = bool(has_val and (spec.keep_best or spec.early_stopping_patience))
+    eval_every = spec.eval_steps or steps_per_epoch
+    total_steps = math.ceil(steps_per_epoch * plan.epochs)
+    # A checkpoint of a full model holds its optimizer state (12 bytes a parameter): about 3 a run, on epoch ends.
+    default_save = steps_per_epoch * max(1, math.ceil(total_steps / steps_per_epoch / 3))
+    save_every = eval_every if best else (spec.save_steps or default_save)
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        learning_rate=plan.learning_rate,
+        num_train_epochs=plan.epochs,
+        per_device_train_batch_size=per_device,
+        per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=spec.grad_accum,
+        warmup_steps=spec.warmup_ratio,
+        lr_scheduler_type=spec.scheduler,
+        weight_decay=spec.weight_decay,
+        neftune_noise_alpha=plan.neftune_alpha or None,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=max(1, min(10, steps_per_epoch // 2)),
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=eval_every if has_val else None,
+        save_strategy="steps",
+        save_steps=save_every,
+        save_total_limit=spec.save_total_limit,
+        load_best_model_at_end=best,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        include_num_input_tokens_seen="all" if spec.packing else "non_padding",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        use_cpu=not _cuda(),
+    )
+    callbacks = [MetricsCallback(out / "metrics.jsonl"), ProgressCallback(progress)]
+    if has_val and spec.early_stopping_patience:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=collator,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl say it once
+    return trainer
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _last_checkpoint(out: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = out / "checkpoints"
+    return (
+        Path(get_last_checkpoint(str(folder)))
+        if folder.is_dir() and get_last_checkpoint(str(folder))
+        else None
+    )
+
+
+def _save(model, tok, out: Path, strategy: str, merge: bool, base_path: Path) -> None:
+    """Adapter (LoRA) under adapter/, full weights at the top so plain from_pretrained(out) loads them."""
+    import torch
+
+    base_dtype = _stored_dtype(base_path)
+    if strategy == "lora":
+        adapter = out / "adapter"
+        tmp = out / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        shutil.rmtree(adapter, ignore_errors=True)
+        os.replace(tmp, adapter)
+        if not merge:
+            return
+        model = model.merge_and_unload()
+    model = model.to(getattr(torch, base_dtype, torch.float32))
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+
+
+def _stored_dtype(path: Path) -> str:
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
+def fingerprint(path: str | None) -> dict | None:
+    if not path:
+        return None
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return {"path": str(Path(path).resolve()), "sha256": digest}
+
+
+def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics) -> None:
+    """lmtailor.json, written last: a folder with a card is a finished model."""
+    from lmtailor import __version__
+
+    parent = None
+    root_base = spec.model
+    if base.card:  # continued training of a tuned model
+        parent = {"path": str(base.path), "name": base.card.get("name")}
+        root_base = base.card.get("base_model", spec.model)
+    card = {
+        "lmtailor_version": __version__,
+        "name": out.name,
+        "base_model": root_base,
+        "base_path": str(base.path),
+        "parent": parent,
+        "method": spec.method,
+        "strategy": plan.strategy,
+        "adapter": "adapter" if plan.strategy == "lora" else None,
+        "hyperparameters": {
+            **spec.model_dump(exclude={"data", "val_data", "output", "name", "resume"}),
+            "learning_rate": plan.learning_rate,
+            "epochs": plan.epochs,
+            "batch_size": plan.batch_size,
+            "max_length": plan.max_length,
+            "strategy": plan.strategy,
+        },
+        "defaults_chosen": plan.why,
+        "data": {
+            "train": {**(fingerprint(spec.data) or {}), "rows": len(train_recs)},
+            "val": {**(fingerprint(spec.val_data) or {}), "rows": len(val_recs)} if val_recs else None,
+            "trained_tokens_per_epoch": stats.trained_tokens,
+            "truncated_rows": stats.truncated,
+        },
+        "metrics": metrics,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_write_json(out / "lmtailor.json", card)

