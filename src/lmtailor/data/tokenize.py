@@ -63,7 +63,7 @@ def tokenize_record(tokenizer, record: Record, max_length: int | None = None) ->
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE] * len(ids)
     for t, (a, b) in enumerate(offsets):
-        if b > a and any(s <= a < e for s, e in spans):
+        if b > a and any(a < e and b > s for s, e in spans):  # overlapping: a token may start in the template
             labels[t] = ids[t]
     truncated = max_length is not None and len(ids) > max_length
     if truncated:

@@ -61,12 +61,10 @@ class PackedCollator:
         pad = segment < 0
         same &= ~(pad[:, :, None] | pad[:, None, :])
         same |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves: no all-masked row
-        return {
-            "input_ids": ids,
-            "labels": labels,
-            "position_ids": positions,
-            "attention_mask": (same & causal)[:, None],
-        }
+        allowed = (same & causal)[:, None]
+        # Additive, not boolean: eager attention adds a mask to the scores, so a 0/1 mask would hide nothing.
+        additive = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": additive}
 
 
 def packed_segments(batch: dict) -> list[list[tuple[int, int]]]:

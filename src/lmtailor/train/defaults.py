@@ -17,6 +17,7 @@ SMALL_MODEL = 1.5e9  # parameters up to which full fine-tuning is the default
 TARGET_STEPS = 300  # optimizer steps a small data set is trained for
 MIN_EPOCHS, MAX_EPOCHS = 2, 12
 NEFTUNE_ALPHA = 0.0
+AUGMENT_COPIES = 0
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Plan:
     batch_size: int
     max_length: int
     neftune_alpha: float
+    augment_copies: int
     why: dict[str, str]
 
     def as_dict(self) -> dict:
@@ -62,4 +64,5 @@ def choose(spec: TrainSpec, n_rows: int, lengths: list[int], n_params: int, on_g
         max_length = min(2048, max(64, longest))
         why["max_length"] = f"{max_length}: longest sample ({longest} tokens), capped at 2048"
     neftune = spec.neftune_alpha if spec.neftune_alpha is not None else NEFTUNE_ALPHA
-    return Plan(strategy, lr, epochs, batch, max_length, neftune, why)
+    copies = spec.augment_copies if spec.augment_copies is not None else AUGMENT_COPIES
+    return Plan(strategy, lr, epochs, batch, max_length, neftune, copies, why)

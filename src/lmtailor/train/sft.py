@@ -23,7 +23,7 @@ def run_sft(
     """Train `spec.model` on `spec.data`; return the tuned model folder."""
     import torch
 
-    from lmtailor.data.tokenize import tokenize_records
+    from lmtailor.data.tokenize import tokenize_record, tokenize_records
     from lmtailor.models.catalog import resolve
     from lmtailor.models.loading import _count_parameters, best_device, load_model, load_tokenizer
     from lmtailor.train.defaults import choose
@@ -36,7 +36,7 @@ def run_sft(
     train_recs, val_recs = load_train_val(spec)
     device = best_device()
     precision = _precision(spec, device)
-    lengths = [len(tokenize_records(tok, [r])[0][0]["input_ids"]) for r in train_recs]
+    lengths = [len(tokenize_record(tok, r)[0]["input_ids"]) for r in train_recs]
     n_params = _count_parameters(base.path) or 0
     plan = choose(spec, len(train_recs), lengths, n_params, on_gpu=device == "cuda")
     model = load_model(
@@ -45,7 +45,13 @@ def run_sft(
         device=device,
         trust_remote_code=spec.trust_remote_code,
     )
-    train_ex, stats = tokenize_records(tok, train_recs, plan.max_length)
+    if plan.augment_copies:
+        from lmtailor.data.augment import augment_questions
+
+        train_recs_used = augment_questions(train_recs, plan.augment_copies, seed=spec.seed)
+    else:
+        train_recs_used = train_recs
+    train_ex, stats = tokenize_records(tok, train_recs_used, plan.max_length)
     val_ex, _ = tokenize_records(tok, val_recs, plan.max_length) if val_recs else ([], None)
     if not train_ex:
         raise DataError(spec.data, None, "no row has assistant tokens to learn from")
@@ -173,7 +179,7 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
         per_device_train_batch_size=per_device,
         per_device_eval_batch_size=per_device,
         gradient_accumulation_steps=spec.grad_accum,
-        warmup_steps=spec.warmup_ratio,
+        warmup_steps=int(spec.warmup_ratio * total_steps),  # floored: a 1-step run must not spend it at lr 0
         lr_scheduler_type=spec.scheduler,
         weight_decay=spec.weight_decay,
         neftune_noise_alpha=plan.neftune_alpha or None,
@@ -236,7 +242,7 @@ def _save(model, tok, out: Path, strategy: str, merge: bool, base_path: Path) ->
     """Adapter (LoRA) under adapter/, full weights at the top so plain from_pretrained(out) loads them."""
     import torch
 
-    base_dtype = _stored_dtype(base_path)
+    base_dtype = getattr(torch, _stored_dtype(base_path), torch.float32)
     if strategy == "lora":
         adapter = out / "adapter"
         tmp = out / ".adapter.tmp"
@@ -247,8 +253,13 @@ def _save(model, tok, out: Path, strategy: str, merge: bool, base_path: Path) ->
         os.replace(tmp, adapter)
         if not merge:
             return
-        model = model.merge_and_unload()
-    model = model.to(getattr(torch, base_dtype, torch.float32))
+        # Merge into the base as stored (it may have trained over a bf16 copy), so untouched weights stay exact.
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=base_dtype, use_safetensors=True)
+        model = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    model = model.to(base_dtype)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
 
@@ -290,6 +301,8 @@ def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics) -> N
             "batch_size": plan.batch_size,
             "max_length": plan.max_length,
             "strategy": plan.strategy,
+            "neftune_alpha": plan.neftune_alpha,
+            "augment_copies": plan.augment_copies,
         },
         "defaults_chosen": plan.why,
         "data": {

@@ -1,0 +1,154 @@
+"""PackedCollator over trl.pack_dataset rows: positions restart per sample, and samples never attend to each other."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset
+from trl import pack_dataset
+
+from lmtailor.data.records import Message, Record
+from lmtailor.data.tokenize import IGNORE, tokenize_records
+from lmtailor.train.collate import PackedCollator, packed_segments
+
+QA = [
+    ("What is the capital of France?", "Paris is the capital of France."),
+    ("2+2?", "4."),
+    ("Name three primary colours.", "Red, yellow and blue."),
+    ("中国的首都是哪里？", "北京。"),
+    ("Who wrote Hamlet?", "William Shakespeare wrote Hamlet."),
+]
+
+
+@pytest.fixture(scope="module")
+def examples(tokenizer) -> list[dict]:
+    records = [Record([Message("user", q), Message("assistant", a)]) for q, a in QA]
+    examples, stats = tokenize_records(tokenizer, records)
+    assert stats.rows == 5
+    return examples
+
+
+@pytest.fixture(scope="module")
+def packed(examples) -> list[dict]:
+    """Two packed rows of different length (the second gets padding in a batch)."""
+    longest = max(len(e["input_ids"]) for e in examples)
+    rows = pack_dataset(Dataset.from_list(examples), 3 * longest, "bfd").to_list()
+    assert [len(r["seq_lengths"]) for r in rows] == [3, 2]
+    return rows
+
+
+def by_ids(examples: list[dict]) -> dict[tuple, dict]:
+    return {tuple(e["input_ids"]): e for e in examples}
+
+
+def test_positions_restart_and_each_sample_start_is_not_trained(tokenizer, examples, packed) -> None:
+    batch = PackedCollator(tokenizer.pad_token_id)(packed)
+    width = max(len(r["input_ids"]) for r in packed)
+    assert batch["input_ids"].shape == (2, width)
+    assert batch["attention_mask"].shape == (2, 1, width, width)
+    assert batch["attention_mask"].dtype == torch.float32  # additive: 0 where allowed, finfo.min elsewhere
+    originals = by_ids(examples)
+    seen = 0
+    for b, row in enumerate(packed):
+        ids, labels = batch["input_ids"][b].tolist(), batch["labels"][b].tolist()
+        positions = batch["position_ids"][b].tolist()
+        start = 0
+        for length in row["seq_lengths"]:
+            assert positions[start : start + length] == list(range(length))
+            original = originals[tuple(ids[start : start + length])]  # the sample is intact and findable
+            assert labels[start] == IGNORE
+            assert labels[start + 1 : start + length] == original["labels"][1:]
+            start += length
+            seen += 1
+        n = len(row["input_ids"])
+        assert start == n
+        assert ids[n:] == [tokenizer.pad_token_id] * (width - n)
+        assert labels[n:] == [IGNORE] * (width - n)
+    assert seen == len(examples)
+    assert sum(sum(r["seq_lengths"]) for r in packed) == sum(len(e["input_ids"]) for e in examples)
+
+
+def test_mask_is_block_diagonal_causal(tokenizer, packed) -> None:
+    batch = PackedCollator(tokenizer.pad_token_id)(packed)
+    mask = batch["attention_mask"][:, 0] == 0  # the allowed positions of the additive mask
+    assert set(batch["attention_mask"].unique().tolist()) == {0.0, torch.finfo(torch.float32).min}
+    width = mask.shape[-1]
+    for b, segments in enumerate(packed_segments(batch)):
+        n = len(packed[b]["input_ids"])
+        expected = torch.zeros(width, width, dtype=torch.bool)
+        real = [(s, e) for s, e in segments if s < n]
+        assert [e - s for s, e in real[:-1]] == packed[b]["seq_lengths"][:-1]
+        for length, start in zip(packed[b]["seq_lengths"], [s for s, _ in real], strict=True):
+            expected[start : start + length, start : start + length] = torch.tril(
+                torch.ones(length, length, dtype=torch.bool)
+            )
+        expected[range(n, width), range(n, width)] = True  # padding attends to itself only
+        assert torch.equal(mask[b], expected)
+
+
+def load_tiny(folder, attn: str):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn)
+    return model.eval()
+
+
+def alone_logits(model, packed_row: dict) -> list[torch.Tensor]:
+    out, start = [], 0
+    for length in packed_row["seq_lengths"]:
+        ids = torch.tensor([packed_row["input_ids"][start : start + length]])
+        out.append(model(input_ids=ids).logits[0])
+        start += length
+    return out
+
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])  # eager adds the mask to the scores: it must be additive
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_packed_logits_equal_each_sample_alone(request, tokenizer, packed, arch: str, attn: str) -> None:
+    """The proof that packing is exact: no sample sees another, positions restart, padding changes nothing."""
+    model = load_tiny(request.getfixturevalue(f"tiny_{arch}_dir"), attn)
+    batch = PackedCollator(tokenizer.pad_token_id)(packed)
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=batch["attention_mask"],
+        ).logits
+        for b, row in enumerate(packed):
+            start = 0
+            for alone, length in zip(alone_logits(model, row), row["seq_lengths"], strict=True):
+                torch.testing.assert_close(logits[b, start : start + length], alone, atol=1e-4, rtol=0)
+                start += length
+
+
+def test_negative_control_without_the_mask_samples_leak(tokenizer, tiny_llama_dir, packed) -> None:
+    """Restarting positions alone do not keep samples apart under SDPA: the test above can fail."""
+    model = load_tiny(tiny_llama_dir, "sdpa")
+    row = packed[0]
+    batch = PackedCollator(tokenizer.pad_token_id)([row])
+    with torch.no_grad():
+        leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[0]
+        alone = alone_logits(model, row)
+    first = row["seq_lengths"][0]
+    torch.testing.assert_close(
+        leaky[:first], alone[0], atol=1e-4, rtol=0
+    )  # the first sample has nothing before it
+    start = first
+    for later, length in zip(alone[1:], row["seq_lengths"][1:], strict=True):
+        assert (leaky[start : start + length] - later).abs().max() > 1e-3
+        start += length
+
+
+def test_packed_loss_equals_padded_loss(tokenizer, tiny_llama_dir, examples, packed) -> None:
+    """Same samples, same loss: the boundary token never predicts the next sample's first token."""
+    from lmtailor.train.collate import PaddedCollator
+
+    model = load_tiny(tiny_llama_dir, "sdpa")
+    packed_batch = PackedCollator(tokenizer.pad_token_id)(packed)
+    padded_batch = PaddedCollator(tokenizer.pad_token_id)(examples)
+    assert int((packed_batch["labels"] != IGNORE).sum()) == int((padded_batch["labels"] != IGNORE).sum())
+    with torch.no_grad():
+        packed_loss = model(**packed_batch).loss
+        padded_loss = model(**padded_batch).loss
+    torch.testing.assert_close(packed_loss, padded_loss, atol=1e-5, rtol=0)

@@ -1,0 +1,135 @@
+"""Checkpoints: an interrupted run resumed ends where an uninterrupted run ends; continued training names its parent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmtailor.specs import TrainSpec
+from lmtailor.train.callbacks import ProgressCallback
+from lmtailor.train.sft import run_sft
+
+EXTRA_ROWS = [
+    ("What is the capital of Italy?", "Rome."),
+    ("What is 3 + 3?", "6."),
+    ("Which animal barks?", "A dog."),
+    ("What is frozen water called?", "Ice."),
+]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def spec_for(model: Path, data: Path, out: Path, **fields) -> TrainSpec:
+    base = dict(
+        model=str(model),
+        data=str(data),
+        output=str(out),
+        strategy="full",
+        epochs=2,
+        batch_size=4,
+        learning_rate=1e-3,
+        save_steps=2,
+        save_total_limit=10,
+        packing=True,
+        precision="fp32",
+        seed=7,
+    )
+    return TrainSpec(**{**base, **fields})
+
+
+def loss_rows(out: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_llama_dir, tiny_chat_file, tmp_path, monkeypatch) -> None:
+    home = tmp_path / "home"
+    quiet = lambda *_: None  # noqa: E731
+    a = run_sft(
+        spec_for(tiny_llama_dir, tiny_chat_file, tmp_path / "a"), home=home, progress=False, log=quiet
+    )
+    card_a = json.loads((a / "lmtailor.json").read_text(encoding="utf-8"))
+    assert card_a["metrics"]["steps"] == 8  # 4 packed rows x 2 epochs
+
+    # Run B crashes right after writing checkpoint-2: no final weights, no card.
+    def crash(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise Interrupted
+
+    spec_b = spec_for(tiny_llama_dir, tiny_chat_file, tmp_path / "b")
+    with monkeypatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(ProgressCallback, "on_save", crash, raising=False)
+        run_sft(spec_b, home=home, progress=False, log=quiet)
+    b = tmp_path / "b"
+    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["checkpoint-2"]
+    assert not (b / "lmtailor.json").exists() and not (b / "model.safetensors").exists()
+
+    logs: list[str] = []
+    assert (
+        run_sft(spec_b.model_copy(update={"resume": True}), home=home, progress=False, log=logs.append) == b
+    )
+    assert not any("starting from the beginning" in line for line in logs)
+    card_b = json.loads((b / "lmtailor.json").read_text(encoding="utf-8"))
+    assert card_b["metrics"]["steps"] == 8
+
+    # Same losses at every logged step (2 before the crash, 4, 6, 8 after), same final weights.
+    steps_a, losses_a = zip(*loss_rows(a), strict=True)
+    steps_b, losses_b = zip(*loss_rows(b), strict=True)
+    assert steps_a == steps_b == (2, 4, 6, 8)
+    torch.testing.assert_close(torch.tensor(losses_b), torch.tensor(losses_a), atol=1e-5, rtol=0)
+    weights_a, weights_b = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert set(weights_a) == set(weights_b)
+    for key in weights_a:
+        torch.testing.assert_close(weights_b[key], weights_a[key], atol=1e-5, rtol=0, msg=key)
+    base = load_file(tiny_llama_dir / "model.safetensors")
+    assert not torch.equal(base["model.norm.weight"], weights_a["model.norm.weight"])  # training did move it
+
+
+def test_resume_without_checkpoint_starts_from_the_beginning(
+    tiny_llama_dir, tiny_chat_file, tmp_path
+) -> None:
+    logs: list[str] = []
+    spec = spec_for(tiny_llama_dir, tiny_chat_file, tmp_path / "c", epochs=1, resume=True)
+    out = run_sft(spec, home=tmp_path / "home", progress=False, log=logs.append)
+    assert f"no checkpoint in {out / 'checkpoints'}: starting from the beginning" in logs
+    assert json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))["metrics"]["steps"] == 4
+
+
+def test_continued_training_names_its_parent(tiny_llama_dir, tiny_chat_file, write_chat, tmp_path) -> None:
+    home = tmp_path / "home"
+    quiet = lambda *_: None  # noqa: E731
+    first = run_sft(
+        spec_for(tiny_llama_dir, tiny_chat_file, tmp_path / "first", epochs=1),
+        home=home,
+        progress=False,
+        log=quiet,
+    )
+    new_data = write_chat(tmp_path / "more.jsonl", EXTRA_ROWS, {})
+    second = run_sft(
+        spec_for(first, new_data, tmp_path / "second", epochs=3, strategy="lora", lora_r=4),
+        home=home,
+        progress=False,
+        log=quiet,
+    )
+    card = json.loads((second / "lmtailor.json").read_text(encoding="utf-8"))
+    assert card["parent"] == {"path": str(first), "name": "first"}
+    assert card["base_model"] == str(tiny_llama_dir)  # the root, not the intermediate model
+    assert card["base_path"] == str(first)
+    assert card["hyperparameters"]["model"] == str(first)
+    assert (card["strategy"], card["data"]["train"]["rows"]) == ("lora", 4)
+    assert (
+        card["metrics"]["steps"] == 3
+    )  # one packed row of 4 samples, 3 epochs (the first step is warmup, lr 0)
+
+    w_first, w_second = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(w_first[key], w_second[key])  # trained on from the first model's weights...
+    assert torch.equal(
+        w_first["model.norm.weight"], w_second["model.norm.weight"]
+    )  # ...which LoRA left alone
