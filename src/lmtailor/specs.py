@@ -33,7 +33,8 @@ class TrainSpec(_Spec):
     name: str | None = Field(None, description="name of the tuned model in the home (default: derived)")
     method: Literal["sft"] = Field("sft", description="training method")
     strategy: Literal["auto", "lora", "full", "freeze"] = Field(
-        "auto", description="auto: full for models up to 1B parameters on small data, else LoRA"
+        "auto",
+        description="auto: models up to 1.5B train their MLP blocks (up to 5000 rows) or all weights; larger: LoRA",
     )
     freeze_layers: int | None = Field(None, ge=1, description="freeze: train only the last N decoder layers")
     freeze_modules: list[str] | None = Field(
@@ -53,7 +54,9 @@ class TrainSpec(_Spec):
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field("cosine")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     augment_copies: int | None = Field(
-        None, ge=0, description="noisy copies of each row's questions (auto: more for small data); 0 turns it off"
+        None,
+        ge=0,
+        description="noisy copies of each row's questions (auto: more for small data); 0 turns it off",
     )
     neftune_alpha: float | None = Field(
         None, ge=0, description="NEFTune embedding noise (auto); 0 turns it off"

@@ -34,7 +34,8 @@ def test_train_lora_on_real_model_then_load_and_generate(smol_dir: Path, tmp_pat
 
     card = json.loads((out / "lmtailor.json").read_text())
     assert card["strategy"] == "lora" and card["method"] == "sft"
-    assert card["metrics"]["steps"] == 2
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert card["metrics"]["steps"] == max(r["step"] for r in logged) >= 2  # 16 rows packed ~8 a row
     assert (out / "adapter" / "adapter_config.json").exists()
     assert (out / "loss.png").stat().st_size > 1000
     assert not (out / "checkpoints").exists()  # pruned after a finished run

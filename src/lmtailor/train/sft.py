@@ -30,10 +30,10 @@ def run_sft(
     from lmtailor.train.strategy import apply_strategy, trainable_summary
 
     torch.manual_seed(spec.seed)
+    train_recs, val_recs = load_train_val(spec)  # bad data fails before any model is loaded or converted
     base = resolve(spec.model, home)
     out = output_dir(spec, home)
     tok = load_tokenizer(base, trust_remote_code=spec.trust_remote_code)
-    train_recs, val_recs = load_train_val(spec)
     device = best_device()
     precision = _precision(spec, device)
     lengths = [len(tokenize_record(tok, r)[0]["input_ids"]) for r in train_recs]
@@ -55,7 +55,7 @@ def run_sft(
     val_ex, _ = tokenize_records(tok, val_recs, plan.max_length) if val_recs else ([], None)
     if not train_ex:
         raise DataError(spec.data, None, "no row has assistant tokens to learn from")
-    model = apply_strategy(model, spec, plan.strategy)
+    model = apply_strategy(model, spec, plan.strategy, plan.freeze_modules)
     trainable, total = trainable_summary(model)
     log(
         f"model {spec.model} ({total / 1e6:.0f}M parameters) on {device}, {precision}; strategy {plan.strategy}: "
@@ -81,6 +81,8 @@ def run_sft(
         "train_loss": result.training_loss,
         "runtime_s": round(runtime, 1),
         "steps": trainer.state.global_step,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
         "trained_tokens": stats.trained_tokens * plan.epochs,
     }
     if val_ex:
@@ -301,6 +303,7 @@ def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics) -> N
             "batch_size": plan.batch_size,
             "max_length": plan.max_length,
             "strategy": plan.strategy,
+            "freeze_modules": plan.freeze_modules,
             "neftune_alpha": plan.neftune_alpha,
             "augment_copies": plan.augment_copies,
         },

@@ -8,8 +8,10 @@ from lmtailor.errors import SpecError
 from lmtailor.specs import TrainSpec
 
 
-def apply_strategy(model, spec: TrainSpec, strategy: str):
-    """Return the model with exactly the strategy's parameters trainable."""
+def apply_strategy(model, spec: TrainSpec, strategy: str, freeze_modules: list[str] | None = None):
+    """Return the model with exactly the strategy's parameters trainable.
+
+    `freeze_modules` overrides the spec's (the defaults rule picks ["mlp"] for small models and data)."""
     if strategy == "lora":
         return _lora(model, spec)
     if strategy == "full":
@@ -17,7 +19,7 @@ def apply_strategy(model, spec: TrainSpec, strategy: str):
             p.requires_grad_(True)
         return model
     if strategy == "freeze":
-        return _freeze(model, spec)
+        return _freeze(model, spec, freeze_modules or spec.freeze_modules)
     raise SpecError(f"unknown strategy {strategy!r}")
 
 
@@ -37,10 +39,10 @@ def _lora(model, spec: TrainSpec):
         raise SpecError(f"lora_target_modules: {e}") from e
 
 
-def _freeze(model, spec: TrainSpec):
+def _freeze(model, spec: TrainSpec, modules: list[str] | None):
     n_layers = model.config.num_hidden_layers
-    if spec.freeze_modules:
-        wanted = spec.freeze_modules
+    if modules:
+        wanted = modules
         keep = lambda name: any(m in name for m in wanted)  # noqa: E731
     else:
         n = spec.freeze_layers or max(1, n_layers // 4)
@@ -54,7 +56,7 @@ def _freeze(model, spec: TrainSpec):
         p.requires_grad_(keep(name))
         count += p.requires_grad
     if count == 0:
-        raise SpecError(f"freeze_modules {spec.freeze_modules} match no parameter of the model")
+        raise SpecError(f"freeze_modules {modules} match no parameter of the model")
     return model
 
 
