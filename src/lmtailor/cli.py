@@ -16,6 +16,7 @@ from rich.table import Table
 
 from lmtailor.data.cli import data_app
 from lmtailor.errors import LmtailorError
+from lmtailor.evaluate.cli import eval_command
 
 app = typer.Typer(
     help="lmtailor: tailor open language models to your own task: data, fine-tuning, evaluation, chat.",
@@ -27,6 +28,7 @@ models_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.command("eval")(eval_command)
 
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="lmtailor home (default: $LMTAILOR_HOME or ~/.lmtailor)")

@@ -89,7 +89,9 @@ def test_validate_max_length_with_model(tmp_path: Path, tiny_llama_dir: Path, to
 
     n = token_length(tokenizer, load_records(path).records[1])
     limit = token_length(tokenizer, load_records(path).records[0])
-    result = runner.invoke(data_app, ["validate", str(path), "--model", str(tiny_llama_dir), "--max-length", str(limit)])
+    result = runner.invoke(
+        data_app, ["validate", str(path), "--model", str(tiny_llama_dir), "--max-length", str(limit)]
+    )
     assert result.exit_code == 1
     assert f"{path}:2: over-long: {n} tokens > max_length {limit}" in result.stdout.splitlines()
     assert f"{path}:1:" not in result.stdout

@@ -102,7 +102,6 @@ def alone_logits(model, packed_row: dict) -> list[torch.Tensor]:
     return out
 
 
-
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])  # eager adds the mask to the scores: it must be additive
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_packed_logits_equal_each_sample_alone(request, tokenizer, packed, arch: str, attn: str) -> None:

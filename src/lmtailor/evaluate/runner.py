@@ -1,0 +1,409 @@
+"""`run_eval(spec, home)`: answer a test set with each model, score, compare with the baseline, write reports.
+
+    rows      = load_rows(spec.data)                      prompt + reference per row
+    answers   = answers_for(model, rows)                  batched generation, cached on disk per row
+    scores    = metrics.score(names, answers, refs)       per-example values kept
+    intervals = stats.bootstrap_ci / stats.compare        95% CIs, paired test against the first model
+    outputs   = metrics.json, predictions.jsonl, report.md, report.html
+
+A model reference is a catalog name, a folder, a tuned model in the home, or an OpenAI-compatible endpoint
+written `openai:MODEL@BASE_URL` (e.g. `openai:my-model@http://127.0.0.1:8000/v1`); the key is read from the
+environment variable named by `spec.api_key_env` (OPENAI_API_KEY by default; "EMPTY" when unset).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from lmtailor.errors import DataError, LmtailorError, ModelError
+from lmtailor.evaluate import metrics as M
+from lmtailor.evaluate import stats
+from lmtailor.evaluate.spec import EvalSpec
+from lmtailor.home import atomic_write_json, atomic_write_text, home_dir
+
+SCHEMA = "lmtailor.eval/1"
+ENDPOINT_PREFIX = "openai:"
+WEIGHT_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt", ".tiktoken")
+NOT_WEIGHTS = ("lmtailor.json",)  # the card gains metrics later; that must not invalidate the cache
+FIX_MARGIN = 0.25  # a continuous per-example score must move this much to count as fixed or broken
+
+
+@dataclass
+class EvalRow:
+    prompt: list[dict[str, str]]
+    reference: str
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    model: str
+    base_url: str | None
+
+
+# ---------------------------------------------------------------- rows
+
+
+def load_rows(path: str | Path, fmt: str = "auto", on_error: str = "fail") -> list[EvalRow]:
+    """Test rows: a prompt ending in a user turn and its reference (`reference`, else the final assistant turn)."""
+    from lmtailor.data.formats import BadRowsError, load_records
+
+    result = load_records(path, fmt, on_error, check=None)  # type: ignore[arg-type]
+    rows, errors = [], list(result.errors)
+    for rec in result.records:
+        messages = rec.as_dicts()
+        ref = rec.extra.get("reference")
+        if ref is None and messages and messages[-1]["role"] == "assistant":
+            ref, messages = messages[-1]["content"], messages[:-1]
+        elif ref is not None and messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        if ref is None or isinstance(ref, dict | list):
+            errors.append(
+                DataError(str(path), rec.line, "no reference: add a `reference` field or an assistant turn")
+            )
+        elif not messages or messages[-1]["role"] != "user":
+            errors.append(DataError(str(path), rec.line, "the prompt must end in a user turn"))
+        else:
+            rows.append(EvalRow(messages, str(ref), rec.line))
+    if errors and on_error == "fail":
+        raise BadRowsError(path, errors)
+    if not rows:
+        raise DataError(str(path), None, "no usable test rows")
+    return rows
+
+
+# ---------------------------------------------------------------- models and the cache
+
+
+def parse_endpoint(ref: str) -> Endpoint | None:
+    """`openai:MODEL@BASE_URL` (or `openai:MODEL`, base URL from $OPENAI_BASE_URL) as an Endpoint, else None."""
+    if not ref.startswith(ENDPOINT_PREFIX):
+        return None
+    model, at, url = ref[len(ENDPOINT_PREFIX) :].rpartition("@")
+    if not at:
+        model, url = url, ""
+    if not model:
+        raise ModelError(
+            f"{ref!r}: write an endpoint as openai:MODEL@BASE_URL, e.g. openai:m@http://127.0.0.1:8000/v1"
+        )
+    return Endpoint(model, url or None)
+
+
+def model_fingerprint(ref: str, home: str | Path | None = None) -> str:
+    """A hash of what decides a model's answers: its weights, config and tokenizer files (an endpoint: its name
+    and URL). File hashes are kept under <home>/cache/fingerprints.json by (path, size, mtime)."""
+    endpoint = parse_endpoint(ref)
+    if endpoint:
+        return _sha(f"openai|{endpoint.model}|{endpoint.base_url}")
+    from lmtailor.models.catalog import resolve
+
+    folder = resolve(ref, home).path
+    index_file = home_dir(home) / "cache" / "fingerprints.json"
+    index = json.loads(index_file.read_text(encoding="utf-8")) if index_file.exists() else {}
+    parts = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or not f.name.endswith(WEIGHT_SUFFIXES) or f.name in NOT_WEIGHTS:
+            continue
+        st = f.stat()
+        key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        if key not in index:
+            index[key] = _file_sha(f)
+        parts.append(f"{f.name}:{index[key]}")
+    atomic_write_json(index_file, index)
+    return _sha("\n".join(parts))
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prompt_hash(prompt: list[dict[str, str]]) -> str:
+    return _sha(json.dumps(prompt, ensure_ascii=False, sort_keys=True))
+
+
+def generation_params(spec: EvalSpec) -> dict[str, Any]:
+    """The parameters that change an answer (batch size does not; the seed only when sampling)."""
+    params: dict[str, Any] = {"max_new_tokens": spec.max_new_tokens, "temperature": spec.temperature}
+    if spec.temperature > 0:
+        params.update(top_p=spec.top_p, seed=spec.seed)
+    return params
+
+
+def cache_file(home: str | Path | None, fingerprint: str, params: dict[str, Any]) -> Path:
+    """<home>/cache/generations/<model fingerprint>/<parameters hash>.json: {prompt hash: answer}."""
+    key = _sha(json.dumps(params, sort_keys=True))[:16]
+    return home_dir(home) / "cache" / "generations" / fingerprint[:32] / f"{key}.json"
+
+
+# ---------------------------------------------------------------- generation
+
+
+@dataclass
+class ModelRun:
+    """One model's answers and what it took to get them."""
+
+    ref: str
+    kind: str  # local | openai
+    fingerprint: str
+    answers: list[str]
+    generated: int
+    cached: int
+    seconds: float
+    scores: dict[str, M.Score]
+
+
+def _local_answers(model, tok, rows: list[EvalRow], spec: EvalSpec) -> list[str]:
+    from lmtailor.evaluate.generate import generate
+
+    if spec.temperature > 0:
+        import torch
+
+        torch.manual_seed(spec.seed)
+    return generate(
+        model,
+        tok,
+        [r.prompt for r in rows],
+        max_new_tokens=spec.max_new_tokens,
+        batch_size=spec.batch_size,
+        do_sample=spec.temperature > 0,
+        temperature=spec.temperature or 1.0,
+        top_p=spec.top_p,
+    )
+
+
+def _endpoint_answers(endpoint: Endpoint, rows: list[EvalRow], spec: EvalSpec) -> list[str]:
+    """Chat completions from an OpenAI-compatible server, a few requests in flight at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from openai import OpenAI, OpenAIError
+
+    client = OpenAI(
+        base_url=endpoint.base_url, api_key=os.environ.get(spec.api_key_env) or "EMPTY", max_retries=2
+    )
+    extra = {"top_p": spec.top_p, "seed": spec.seed} if spec.temperature > 0 else {}
+
+    def ask(row: EvalRow) -> str:
+        reply = client.chat.completions.create(
+            model=endpoint.model,
+            messages=row.prompt,  # type: ignore[arg-type]
+            max_tokens=spec.max_new_tokens,
+            temperature=spec.temperature,
+            **extra,
+        )
+        return (reply.choices[0].message.content or "").strip()
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, spec.batch_size)) as pool:
+            return list(pool.map(ask, rows))
+    except OpenAIError as e:
+        raise ModelError(f"endpoint {endpoint.model}@{endpoint.base_url}: {e}") from e
+
+
+def run_model(
+    ref: str, rows: list[EvalRow], names: list[str], spec: EvalSpec, home, labels, log: Callable[[str], None]
+) -> ModelRun:
+    """Answers for every row (cached ones reused, only the rest generated), then the scores."""
+    endpoint = parse_endpoint(ref)
+    fp = model_fingerprint(ref, home)
+    params = generation_params(spec)
+    cfile = cache_file(home, fp, params)
+    cache: dict[str, str] = (
+        json.loads(cfile.read_text(encoding="utf-8")) if spec.cache and cfile.exists() else {}
+    )
+    keys = [prompt_hash(r.prompt) for r in rows]
+    todo = [i for i, k in enumerate(keys) if k not in cache]
+    needs_model = not endpoint and (todo or "perplexity" in names)
+    model = tok = None
+    t0 = time.time()
+    if needs_model:
+        from lmtailor.models.loading import load_model, load_tokenizer
+
+        tok = load_tokenizer(ref, home, trust_remote_code=spec.trust_remote_code)
+        model = load_model(ref, home, trust_remote_code=spec.trust_remote_code)
+    if todo:
+        log(f"{ref}: generating {len(todo)} answers ({len(rows) - len(todo)} cached)")
+        todo_rows = [rows[i] for i in todo]
+        new = (
+            _endpoint_answers(endpoint, todo_rows, spec)
+            if endpoint
+            else _local_answers(model, tok, todo_rows, spec)
+        )
+        cache.update({keys[i]: a for i, a in zip(todo, new, strict=True)})
+        # --no-cache regenerates, and still refreshes the cache
+        on_disk = json.loads(cfile.read_text(encoding="utf-8")) if cfile.exists() else {}
+        atomic_write_json(cfile, {**on_disk, **cache})
+    seconds = time.time() - t0
+    answers = [cache[k] for k in keys]
+    if endpoint and "perplexity" in names:
+        log(f"{ref}: perplexity needs a local model; skipped for this endpoint")
+    scored = [n for n in names if not (endpoint and n == "perplexity")]
+    scores = M.score(
+        scored, answers, [r.reference for r in rows], labels, model, tok, [r.prompt for r in rows]
+    )
+    del model
+    kind = "openai" if endpoint else "local"
+    return ModelRun(ref, kind, fp, answers, len(todo), len(rows) - len(todo), round(seconds, 2), scores)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_eval(
+    spec: EvalSpec, home: str | Path | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Evaluate every model of the spec on its test set; write the outputs; return metrics.json's content."""
+    rows = load_rows(spec.data, spec.format, spec.on_error)
+    refs = [r.reference for r in rows]
+    names = spec.metrics or (list(M.CLASSIFICATION) if spec.labels else M.pick_metrics(refs))
+    labels = M.label_set(refs, spec.labels) if any(n in M.CLASSIFICATION for n in names) else None
+    out = Path(spec.output) if spec.output else _new_folder(home_dir(home) / "evals")
+    log(
+        f"{len(rows)} rows, metrics: {', '.join(names)}"
+        + (" (picked from the references)" if not spec.metrics else "")
+    )
+    runs = [run_model(ref, rows, names, spec, home, labels, log) for ref in spec.models]
+    result = _summary(spec, rows, names, labels, runs)
+    result["output"] = str(out)
+    write_outputs(out, result, rows, runs)
+    return result
+
+
+def _new_folder(parent: Path) -> Path:
+    """<parent>/<date-time>, with -2, -3… when two runs start in the same second."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out, n = parent / stamp, 1
+    while out.exists():
+        n += 1
+        out = parent / f"{stamp}-{n}"
+    return out
+
+
+def _summary(spec: EvalSpec, rows, names, labels, runs: list[ModelRun]) -> dict[str, Any]:
+    base = runs[0]
+    models = []
+    for run in runs:
+        entry: dict[str, Any] = {
+            "name": run.ref, "kind": run.kind, "fingerprint": run.fingerprint, "generated": run.generated,
+            "cached": run.cached, "seconds": run.seconds, "scores": {}, "vs_baseline": {},
+        }  # fmt: skip
+        for name, s in run.scores.items():
+            low, high = stats.bootstrap_ci(s, spec.bootstrap, spec.seed)
+            entry["scores"][name] = {
+                "value": s.value,
+                "ci_low": low,
+                "ci_high": high,
+                "higher_is_better": s.higher_is_better,
+            }
+        cls = next((s.details for s in run.scores.values() if "confusion" in s.details), None)
+        if cls:
+            entry["classification"] = {k: v for k, v in cls.items() if k != "mapped"}
+        if run is not base:
+            for name, s in run.scores.items():
+                if name in base.scores:
+                    entry["vs_baseline"][name] = stats.compare(
+                        base.scores[name], s, spec.bootstrap, spec.seed
+                    )
+            entry["examples"] = fixed_broken(base, run)
+        models.append(entry)
+    return {
+        "schema": SCHEMA,
+        "created_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "data": {"path": str(spec.data), "rows": len(rows), "sha256": _file_sha(Path(spec.data))},
+        "metrics": names,
+        "metrics_picked": spec.metrics is None,
+        "labels": labels,
+        "generation": generation_params(spec),
+        "bootstrap": {"resamples": spec.bootstrap, "confidence": stats.CONFIDENCE, "seed": spec.seed},
+        "baseline": base.ref,
+        "models": models,
+    }
+
+
+def fixed_broken(base: ModelRun, run: ModelRun) -> dict[str, Any]:
+    """Rows the model got right and the baseline wrong (fixed), and the reverse (broken), by the first 0/1
+    metric scored, else by the first metric moving by FIX_MARGIN (or 1/4 of its range) per row."""
+    names = [n for n in run.scores if n in base.scores]
+    binary = [n for n in names if n in M.BINARY]
+    if not names:
+        return {"metric": None, "fixed": [], "broken": []}
+    name = binary[0] if binary else names[0]
+    a, b = base.scores[name].per_example, run.scores[name].per_example
+    margin = 0.5 if binary else FIX_MARGIN * (100 if name in ("bleu", "chrf") else 1)
+    sign = 1 if run.scores[name].higher_is_better else -1
+    delta = (b - a) * sign
+    return {
+        "metric": name,
+        "fixed": [int(i) for i in (delta >= margin).nonzero()[0]],
+        "broken": [int(i) for i in (delta <= -margin).nonzero()[0]],
+    }
+
+
+def write_outputs(out: Path, result: dict[str, Any], rows: list[EvalRow], runs: list[ModelRun]) -> None:
+    """metrics.json, predictions.jsonl (every row, every model), report.md and report.html, each atomically."""
+    from lmtailor.evaluate import report
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, row in enumerate(rows):
+        item: dict[str, Any] = {"row": i, "line": row.line, "prompt": row.prompt, "reference": row.reference}
+        item["predictions"] = {
+            r.ref: {
+                "answer": r.answers[i],
+                "scores": {n: float(s.per_example[i]) for n, s in r.scores.items()},
+            }
+            for r in runs
+        }
+        lines.append(json.dumps(item, ensure_ascii=False))
+    atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
+    atomic_write_json(out / "metrics.json", result)
+    answers = {r.ref: r.answers for r in runs}
+    atomic_write_text(out / "report.md", report.markdown(result, rows, answers))
+    atomic_write_text(out / "report.html", report.html(result, rows, answers))
+
+
+# ---------------------------------------------------------------- for the trainer
+
+
+def evaluate_rows(
+    model,
+    tokenizer,
+    rows: Sequence[EvalRow],
+    metrics: Sequence[str],
+    labels: Sequence[str] | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """Greedy answers of an already loaded model on `rows`, scored: {metric: value}. No cache, no files: for a
+    training callback that evaluates the validation set every N steps."""
+    from lmtailor.evaluate.generate import generate
+
+    if not rows:
+        raise LmtailorError("no rows to evaluate")
+    was_training = model.training
+    model.eval()
+    try:
+        answers = generate(
+            model, tokenizer, [r.prompt for r in rows], max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
+        refs = [r.reference for r in rows]
+        names = list(metrics) or M.pick_metrics(refs)
+        scores = M.score(names, answers, refs, labels, model, tokenizer, [r.prompt for r in rows])
+    finally:
+        model.train(was_training)
+    return {n: s.value for n, s in scores.items()}
