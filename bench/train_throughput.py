@@ -143,7 +143,7 @@ def main() -> None:
     }
     print(
         f"\nbf16 matmul peak {peak:.2f} TFLOP/s; lmtailor reaches {achieved:.3f} TFLOP/s "
-        f"({achieved / peak:.1%} of it, {per_token} x params FLOPs per token)"
+        f"({achieved / peak:.1%} of it, {per_token:.2f} x params FLOPs per token)"
     )
     print(
         f"speed-up: {summary['speedup_tokens_per_second']}x tokens/s; final loss {ours['final_loss']:.3f} "
