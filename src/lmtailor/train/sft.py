@@ -93,7 +93,7 @@ def run_sft(
     from lmtailor.train.callbacks import plot_loss
 
     plot_loss(out / "metrics.jsonl", out / "loss.png", title=f"{out.name}: loss")
-    write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics)
+    write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, precision)
     log(f"saved {out}")
     return out
 
@@ -278,7 +278,7 @@ def fingerprint(path: str | None) -> dict | None:
     return {"path": str(Path(path).resolve()), "sha256": digest}
 
 
-def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics) -> None:
+def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, precision: str = "fp32") -> None:
     """lmtailor.json, written last: a folder with a card is a finished model."""
     from lmtailor import __version__
 
@@ -304,6 +304,7 @@ def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics) -> N
             "max_length": plan.max_length,
             "strategy": plan.strategy,
             "freeze_modules": plan.freeze_modules,
+            "precision": precision,
             "neftune_alpha": plan.neftune_alpha,
             "augment_copies": plan.augment_copies,
         },
