@@ -101,6 +101,12 @@ def train(
     early_stopping_patience: Annotated[
         int | None, typer.Option(help="stop after N validations without gain")
     ] = None,
+    eval_metrics: Annotated[
+        list[str] | None, typer.Option(help="score generations on the validation rows at each evaluation")
+    ] = None,
+    best_metric: Annotated[
+        str | None, typer.Option(help="what --keep-best watches (default eval_loss)")
+    ] = None,
     keep_best: Annotated[
         bool | None, typer.Option("--keep-best/--no-keep-best", help="end on the best checkpoint")
     ] = None,
@@ -129,7 +135,7 @@ def train(
         "learning_rate": learning_rate, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
         "warmup_ratio": warmup_ratio, "scheduler": scheduler, "max_length": max_length, "packing": packing,
         "seed": seed, "eval_steps": eval_steps, "early_stopping_patience": early_stopping_patience,
-        "keep_best": keep_best, "save_steps": save_steps, "resume": resume, "precision": precision,
+        "keep_best": keep_best, "eval_metrics": eval_metrics or None, "best_metric": best_metric, "save_steps": save_steps, "resume": resume, "precision": precision,
         "trust_remote_code": trust_remote_code,
     }  # fmt: skip
     with user_errors(debug):

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lmtailor.errors import SpecError
+from lmtailor.errors import LmtailorError, SpecError
 
 
 class _Spec(BaseModel):
@@ -72,7 +72,14 @@ class TrainSpec(_Spec):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after N validations without improvement"
     )
-    keep_best: bool = Field(False, description="end with the checkpoint of lowest validation loss")
+    keep_best: bool = Field(False, description="end with the best checkpoint by `best_metric`")
+    eval_metrics: list[str] | None = Field(
+        None,
+        description="also generate on the validation rows at each evaluation and score them (e.g. [contains])",
+    )
+    best_metric: str | None = Field(
+        None, description="what keep_best and early stopping watch (default eval_loss)"
+    )
     save_steps: int | None = Field(
         None, ge=1, description="checkpoint every N steps (default: about 3 per run)"
     )
@@ -95,6 +102,16 @@ class TrainSpec(_Spec):
     def _check(self) -> TrainSpec:
         if self.strategy != "freeze" and (self.freeze_layers or self.freeze_modules):
             raise ValueError("freeze_layers / freeze_modules need strategy: freeze")
+        if self.eval_metrics is not None or self.best_metric not in (None, "eval_loss", "loss"):
+            from lmtailor.evaluate.metrics import check_names
+
+            known = set(self.eval_metrics or [])
+            try:
+                check_names(sorted(known))
+            except LmtailorError as e:
+                raise ValueError(str(e)) from None
+            if self.best_metric and self.best_metric not in known | {"eval_loss", "loss"}:
+                raise ValueError(f"best_metric {self.best_metric!r} must be eval_loss or one of eval_metrics")
         return self
 
 

@@ -133,3 +133,32 @@ def test_continued_training_names_its_parent(tiny_llama_dir, tiny_chat_file, wri
     assert torch.equal(
         w_first["model.norm.weight"], w_second["model.norm.weight"]
     )  # ...which LoRA left alone
+
+
+def test_eval_metrics_during_training_pick_the_best_checkpoint(tiny_llama_dir, tiny_chat_file, tmp_path):
+    """eval_metrics are generated and scored at each evaluation, logged, and keep_best watches them."""
+    from lmtailor.specs import TrainSpec
+    from lmtailor.train.callbacks import read_metrics
+    from lmtailor.train.sft import run_sft
+
+    out = tmp_path / "best"
+    spec = TrainSpec(model=str(tiny_llama_dir), data=str(tiny_chat_file), val_data=str(tiny_chat_file),
+                     output=str(out), strategy="full", epochs=2, batch_size=4, eval_steps=2, keep_best=True,
+                     eval_metrics=["contains", "rouge_l"], best_metric="rouge_l", precision="fp32")  # fmt: skip
+    run_sft(spec, progress=False, log=lambda *a: None)
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "eval_rouge_l" in r]
+    assert [r["step"] for r in rows][:2] == [2, 4]
+    assert all(0.0 <= r["eval_rouge_l"] <= 1.0 and 0.0 <= r["eval_contains"] <= 1.0 for r in rows)
+    card = json.loads((out / "lmtailor.json").read_text())
+    assert "eval_rouge_l" in card["metrics"] and "eval_loss" in card["metrics"]
+
+
+def test_best_metric_must_be_measured():
+    from lmtailor.errors import SpecError
+    from lmtailor.specs import TrainSpec, build_spec
+
+    with pytest.raises(SpecError, match="best_metric 'f1' must be eval_loss or one of eval_metrics"):
+        build_spec(TrainSpec, {"data": "x.jsonl", "eval_metrics": ["contains"], "best_metric": "f1"})
+    with pytest.raises(SpecError, match="unknown metric"):
+        build_spec(TrainSpec, {"data": "x.jsonl", "eval_metrics": ["nope"]})
+    assert TrainSpec(data="x.jsonl").eval_metrics is None

@@ -77,6 +77,40 @@ class ProgressCallback(TrainerCallback):
             self.bar = None
 
 
+class EvalMetricsCallback(TrainerCallback):
+    """At each evaluation, generate on the validation rows and score them; `eval_<metric>` joins the
+    metrics (so keep-best and early stopping can watch it) and a row of metrics.jsonl."""
+
+    def __init__(self, tokenizer, rows, metrics: list[str], path: Path):
+        self.tokenizer, self.rows, self.metrics, self.path = tokenizer, rows, metrics, path
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        from lmtailor.evaluate.runner import evaluate_rows  # generation and metrics: only when asked for
+
+        scores = evaluate_rows(model, self.tokenizer, self.rows, self.metrics)
+        extra = {f"eval_{name}": value for name, value in scores.items()}
+        if metrics is not None:
+            metrics.update(extra)  # the same dict the Trainer picks its best checkpoint from
+        if state.is_world_process_zero:
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **extra}
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def val_rows(records) -> list:
+    """Validation records as evaluation rows: the prompt before the last assistant turn, and that turn
+    (or the row's `reference`) as the reference."""
+    from lmtailor.evaluate.runner import EvalRow
+
+    rows = []
+    for rec in records:
+        msgs = rec.as_dicts()
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        ref = rec.extra.get("reference", msgs[last]["content"])
+        rows.append(EvalRow(prompt=msgs[:last], reference=str(ref), line=rec.line))
+    return rows
+
+
 def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []

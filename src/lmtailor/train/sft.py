@@ -71,6 +71,12 @@ def run_sft(
         log(f"  {key} = {why}")
 
     trainer = _build_trainer(spec, plan, model, tok, train_ex, val_ex, out, precision, progress, lengths)
+    if val_ex and spec.eval_metrics:
+        from lmtailor.train.callbacks import EvalMetricsCallback, val_rows
+
+        trainer.add_callback(
+            EvalMetricsCallback(tok, val_rows(val_recs), spec.eval_metrics, out / "metrics.jsonl")
+        )
     resume = _last_checkpoint(out) if spec.resume else None
     if spec.resume and resume is None:
         log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
@@ -86,7 +92,8 @@ def run_sft(
         "trained_tokens": stats.trained_tokens * plan.epochs,
     }
     if val_ex:
-        metrics.update({k: v for k, v in trainer.evaluate().items() if k == "eval_loss"})
+        metrics.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_") and "runtime" not in k
+                        and "per_second" not in k})  # fmt: skip
     _save(trainer.model, tok, out, plan.strategy, spec.merge, base.path)
     if not spec.keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -196,8 +203,8 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
         save_steps=save_every,
         save_total_limit=spec.save_total_limit,
         load_best_model_at_end=best,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        metric_for_best_model=_best_metric(spec),
+        greater_is_better=_best_metric(spec) not in ("eval_loss", "eval_perplexity"),
         include_num_input_tokens_seen="all" if spec.packing else "non_padding",
         report_to="none",
         disable_tqdm=True,
@@ -221,6 +228,11 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl say it once
     return trainer
+
+
+def _best_metric(spec: TrainSpec) -> str:
+    name = spec.best_metric or "eval_loss"
+    return "eval_loss" if name in ("loss", "eval_loss") else f"eval_{name}"
 
 
 def _cuda() -> bool:
