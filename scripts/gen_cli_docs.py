@@ -38,7 +38,7 @@ def render() -> str:
         text = "\n".join(line.rstrip() for line in result.output.strip("\n").splitlines())
         title = " ".join(["lmtailor", *path])
         parts.append(f"\n## {title}\n\n```text\n{text}\n```\n")
-        if isinstance(cmd, click.Group):
+        if getattr(cmd, "commands", None):  # typer groups are not click.Group subclasses
             for name in sorted(cmd.commands):
                 walk(cmd.commands[name], [*path, name])
 

@@ -18,3 +18,10 @@ def test_help_imports_no_torch():
     code = "import sys; from lmtailor.cli import app; print('torch' in sys.modules, 'transformers' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.split() == ["False", "False"]
+
+
+def test_cli_reference_covers_every_command():
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    for cmd in ("train", "eval", "quickstart", "chat", "data validate", "data clean", "models show"):
+        assert f"\n## lmtailor {cmd}\n" in text
+    assert "--eval-metrics" in text and "--on-error" in text
