@@ -162,3 +162,18 @@ def test_best_metric_must_be_measured():
     with pytest.raises(SpecError, match="unknown metric"):
         build_spec(TrainSpec, {"data": "x.jsonl", "eval_metrics": ["nope"]})
     assert TrainSpec(data="x.jsonl").eval_metrics is None
+
+
+def test_a_new_run_into_the_same_folder_starts_a_new_metrics_log(tiny_llama_dir, tiny_chat_file, tmp_path):
+    from lmtailor.train.callbacks import read_metrics
+
+    out = tmp_path / "again"
+    spec = TrainSpec(model=str(tiny_llama_dir), data=str(tiny_chat_file), output=str(out), strategy="full",
+                     epochs=2, batch_size=4, precision="fp32")  # fmt: skip
+    run_sft(spec, progress=False, log=lambda *a: None)
+    first = read_metrics(out / "metrics.jsonl")
+    run_sft(spec, progress=False, log=lambda *a: None)
+    second = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in second] == [r["step"] for r in first]  # replaced, not appended
+    steps = [r["step"] for r in second if "loss" in r]
+    assert steps == sorted(set(steps))

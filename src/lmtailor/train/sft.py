@@ -80,6 +80,7 @@ def run_sft(
     resume = _last_checkpoint(out) if spec.resume else None
     if spec.resume and resume is None:
         log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
+    _reset_metrics(out / "metrics.jsonl", resume)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.time() - t0
@@ -103,6 +104,21 @@ def run_sft(
     write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, precision)
     log(f"saved {out}")
     return out
+
+
+def _reset_metrics(path: Path, resume: Path | None) -> None:
+    """A new run starts a new metrics.jsonl; a resumed one keeps the rows up to its checkpoint's step."""
+    from lmtailor.home import atomic_write_text
+    from lmtailor.train.callbacks import read_metrics
+
+    if not path.exists():
+        return
+    if resume is None:
+        path.unlink()
+        return
+    step = int(resume.name.rsplit("-", 1)[-1])
+    kept = [json.dumps(r) for r in read_metrics(path) if r.get("step", 0) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def output_dir(spec: TrainSpec, home: str | Path | None) -> Path:
