@@ -65,17 +65,28 @@ def tokenize_record(tokenizer, record: Record, max_length: int | None = None) ->
     for t, (a, b) in enumerate(offsets):
         if b > a and any(a < e and b > s for s, e in spans):  # overlapping: a token may start in the template
             labels[t] = ids[t]
-    truncated = max_length is not None and len(ids) > max_length
-    if truncated:
-        ids, labels = ids[:max_length], labels[:max_length]
-    return {"input_ids": ids, "labels": labels}, truncated
+    return truncate({"input_ids": ids, "labels": labels}, max_length)
 
 
-def tokenize_records(tokenizer, records: list[Record], max_length: int | None = None):
-    """Tokenise every record; rows whose trained tokens were all truncated away are dropped and reported."""
+def truncate(example: dict, max_length: int | None) -> tuple[dict, bool]:
+    """The example cut to `max_length` tokens; returns (example, truncated)."""
+    if max_length is None or len(example["input_ids"]) <= max_length:
+        return example, False
+    return {k: v[:max_length] for k, v in example.items()}, True
+
+
+def tokenize_records(
+    tokenizer, records: list[Record], max_length: int | None = None, full: list[dict] | None = None
+):
+    """Tokenise every record; rows whose trained tokens were all truncated away are dropped and reported.
+
+    `full`: the records already tokenised without a limit (one per record), so they are not tokenised again."""
     examples, stats = [], TokenizeStats()
-    for rec in records:
-        ex, truncated = tokenize_record(tokenizer, rec, max_length)
+    for i, rec in enumerate(records):
+        if full is None:
+            ex, truncated = tokenize_record(tokenizer, rec, max_length)
+        else:
+            ex, truncated = truncate(full[i], max_length)
         n_train = sum(1 for x in ex["labels"] if x != IGNORE)
         stats.truncated += truncated
         if n_train == 0:

@@ -52,6 +52,22 @@ class Endpoint:
 # ---------------------------------------------------------------- rows
 
 
+def eval_row(rec) -> EvalRow | str:
+    """A record as a test row (prompt ending in a user turn; reference: `reference`, else the final
+    assistant turn), or the reason it cannot be one."""
+    messages = rec.as_dicts()
+    ref = rec.extra.get("reference")
+    if messages and messages[-1]["role"] == "assistant":
+        if ref is None:
+            ref = messages[-1]["content"]
+        messages = messages[:-1]
+    if ref is None or isinstance(ref, dict | list):
+        return "no reference: add a `reference` field or an assistant turn"
+    if not messages or messages[-1]["role"] != "user":
+        return "the prompt must end in a user turn"
+    return EvalRow(messages, str(ref), rec.line)
+
+
 def load_rows(path: str | Path, fmt: str = "auto", on_error: str = "fail") -> list[EvalRow]:
     """Test rows: a prompt ending in a user turn and its reference (`reference`, else the final assistant turn)."""
     from lmtailor.data.formats import BadRowsError, load_records
@@ -59,20 +75,11 @@ def load_rows(path: str | Path, fmt: str = "auto", on_error: str = "fail") -> li
     result = load_records(path, fmt, on_error, check=None)  # type: ignore[arg-type]
     rows, errors = [], list(result.errors)
     for rec in result.records:
-        messages = rec.as_dicts()
-        ref = rec.extra.get("reference")
-        if ref is None and messages and messages[-1]["role"] == "assistant":
-            ref, messages = messages[-1]["content"], messages[:-1]
-        elif ref is not None and messages and messages[-1]["role"] == "assistant":
-            messages = messages[:-1]
-        if ref is None or isinstance(ref, dict | list):
-            errors.append(
-                DataError(str(path), rec.line, "no reference: add a `reference` field or an assistant turn")
-            )
-        elif not messages or messages[-1]["role"] != "user":
-            errors.append(DataError(str(path), rec.line, "the prompt must end in a user turn"))
+        row = eval_row(rec)
+        if isinstance(row, str):
+            errors.append(DataError(str(path), rec.line, row))
         else:
-            rows.append(EvalRow(messages, str(ref), rec.line))
+            rows.append(row)
     if errors and on_error == "fail":
         raise BadRowsError(path, errors)
     if not rows:

@@ -98,17 +98,11 @@ class EvalMetricsCallback(TrainerCallback):
 
 
 def val_rows(records) -> list:
-    """Validation records as evaluation rows: the prompt before the last assistant turn, and that turn
-    (or the row's `reference`) as the reference."""
-    from lmtailor.evaluate.runner import EvalRow
+    """Validation records (each ends in an assistant turn) as evaluation rows, read as `lmtailor eval` reads
+    a test file: the prompt before the last turn, and that turn (or the row's `reference`) as reference."""
+    from lmtailor.evaluate.runner import eval_row
 
-    rows = []
-    for rec in records:
-        msgs = rec.as_dicts()
-        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-        ref = rec.extra.get("reference", msgs[last]["content"])
-        rows.append(EvalRow(prompt=msgs[:last], reference=str(ref), line=rec.line))
-    return rows
+    return [row for row in map(eval_row, records) if not isinstance(row, str)]
 
 
 def read_metrics(path: Path) -> list[dict]:

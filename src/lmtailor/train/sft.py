@@ -36,7 +36,8 @@ def run_sft(
     tok = load_tokenizer(base, trust_remote_code=spec.trust_remote_code)
     device = best_device()
     precision = _precision(spec, device)
-    lengths = [len(tokenize_record(tok, r)[0]["input_ids"]) for r in train_recs]
+    full = [tokenize_record(tok, r)[0] for r in train_recs]  # once; truncated below to the chosen length
+    lengths = [len(ex["input_ids"]) for ex in full]
     n_params = _count_parameters(base.path) or 0
     plan = choose(spec, len(train_recs), lengths, n_params, on_gpu=device == "cuda")
     model = load_model(
@@ -48,10 +49,10 @@ def run_sft(
     if plan.augment_copies:
         from lmtailor.data.augment import augment_questions
 
-        train_recs_used = augment_questions(train_recs, plan.augment_copies, seed=spec.seed)
+        noisy = augment_questions(train_recs, plan.augment_copies, seed=spec.seed)
+        train_ex, stats = tokenize_records(tok, noisy, plan.max_length)
     else:
-        train_recs_used = train_recs
-    train_ex, stats = tokenize_records(tok, train_recs_used, plan.max_length)
+        train_ex, stats = tokenize_records(tok, train_recs, plan.max_length, full=full)
     val_ex, _ = tokenize_records(tok, val_recs, plan.max_length) if val_recs else ([], None)
     if not train_ex:
         raise DataError(spec.data, None, "no row has assistant tokens to learn from")
@@ -192,6 +193,7 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
     steps_per_epoch = max(1, math.ceil(len(train_ds) / (per_device * spec.grad_accum)))
     has_val = val_ds is not None
     best = bool(has_val and (spec.keep_best or spec.early_stopping_patience))
+    best_metric = _best_metric(spec)
     eval_every = spec.eval_steps or steps_per_epoch
     total_steps = math.ceil(steps_per_epoch * plan.epochs)
     # A checkpoint of a full model holds its optimizer state (12 bytes a parameter): about 3 a run, on epoch ends.
@@ -219,8 +221,8 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
         save_steps=save_every,
         save_total_limit=spec.save_total_limit,
         load_best_model_at_end=best,
-        metric_for_best_model=_best_metric(spec),
-        greater_is_better=_best_metric(spec) not in ("eval_loss", "eval_perplexity"),
+        metric_for_best_model=best_metric,
+        greater_is_better=best_metric not in ("eval_loss", "eval_perplexity"),
         include_num_input_tokens_seen="all" if spec.packing else "non_padding",
         report_to="none",
         disable_tqdm=True,
