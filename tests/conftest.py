@@ -64,7 +64,7 @@ def tokenizer(smol_dir: Path):
     return load_tokenizer(str(smol_dir))
 
 
-def _tiny_model(kind: str, tokenizer, folder: Path) -> Path:
+def _tiny_model(kind: str, tokenizer, folder: Path, initializer_range: float = 0.02) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -84,6 +84,7 @@ def _tiny_model(kind: str, tokenizer, folder: Path) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(0)
     model = model_cls(config).to(torch.float32)
@@ -102,6 +103,19 @@ def tiny_llama_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_qwen2_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Qwen2ForCausalLM (hidden 32) with the SmolLM2 tokenizer."""
     return _tiny_model("qwen2", tokenizer, tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+@pytest.fixture(scope="session")
+def lively_llama_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with weights large enough (init std 0.2) that its greedy text depends on the prompt:
+    at the default 0.02 every prompt gets the same run of newlines, which tests of serving cannot tell apart."""
+    return _tiny_model("llama", tokenizer, tmp_path_factory.mktemp("lively-llama"), initializer_range=0.2)
+
+
+@pytest.fixture(scope="session")
+def lively_qwen2_dir(tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Qwen2 counterpart of lively_llama_dir."""
+    return _tiny_model("qwen2", tokenizer, tmp_path_factory.mktemp("lively-qwen2"), initializer_range=0.2)
 
 
 def write_chat_file(

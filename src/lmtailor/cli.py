@@ -170,8 +170,16 @@ def quickstart(
 @app.command()
 def chat(
     model: Annotated[
-        str, typer.Argument(help="catalog name, model folder or tuned model")
+        str,
+        typer.Argument(help="catalog name, model folder or tuned model (with --url: the server's model id)"),
     ] = "smollm2-135m-instruct",
+    url: Annotated[
+        str | None,
+        typer.Option(help="chat through an OpenAI-compatible server instead, e.g. http://127.0.0.1:8000/v1"),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="the server's API key (default: $LMTAILOR_API_KEY, $OPENAI_API_KEY)")
+    ] = None,
     system: Annotated[str | None, typer.Option(help="system prompt")] = None,
     max_tokens: Annotated[int, typer.Option(help="longest answer in tokens")] = 256,
     temperature: Annotated[float, typer.Option(help="0 answers greedily")] = 0.0,
@@ -180,15 +188,69 @@ def chat(
 ) -> None:
     """Chat with a model in the terminal, answers streamed. /system TEXT, /reset, /save FILE, /exit.
 
-    Example: lmtailor chat ~/.lmtailor/models/quickstart
+    Examples: lmtailor chat ~/.lmtailor/models/quickstart ;
+    lmtailor chat quickstart --url http://127.0.0.1:8000/v1
     """
     with user_errors(debug):
         _threads()
         from lmtailor.chat import run_chat
 
-        run_chat(
-            model, home=home, system=system, max_tokens=max_tokens, temperature=temperature, console=console
-        )
+        key = api_key or os.environ.get("LMTAILOR_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        run_chat(model, home=home, system=system, max_tokens=max_tokens, temperature=temperature,
+                 console=console, url=url, api_key=key)  # fmt: skip
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="serve only these (repeatable); default: the catalog and the home's tuned models",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="address to bind; beyond loopback needs an API key")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="require this key as `Authorization: Bearer KEY` (or $LMTAILOR_API_KEY)"),
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="auto | transformers | vllm (auto: vllm when installed with a GPU)")
+    ] = "auto",
+    tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs to split each model over")] = 1,
+    max_batch: Annotated[
+        int | None, typer.Option(help="sequences generated together per model (default 16, vllm 256)")
+    ] = None,
+    max_queue: Annotated[int, typer.Option(help="requests that may wait per model before 503")] = 64,
+    timeout: Annotated[float, typer.Option(help="seconds a request may take")] = 600.0,
+    memory_gb: Annotated[
+        float | None, typer.Option(help="memory for loaded models before the least recently used is unloaded")
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="auto (bf16 where native) | bfloat16 | float16 | float32")
+    ] = "auto",
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="allow models' own Python code (off: safer)")
+    ] = False,
+    home: HomeOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Serve models behind an OpenAI-compatible API under /v1 (chat, completions, models), /health, /metrics.
+
+    Example: lmtailor serve --model quickstart ; then any OpenAI client with base_url http://127.0.0.1:8000/v1
+    """
+    with user_errors(debug):
+        _threads()
+        from lmtailor.serve.run import run_server
+
+        run_server(models=model, host=host, port=port, api_key=api_key or os.environ.get("LMTAILOR_API_KEY"),
+                   engine=engine, tensor_parallel_size=tensor_parallel_size, max_batch=max_batch,
+                   max_queue=max_queue, timeout=timeout, memory_gb=memory_gb, dtype=dtype,
+                   trust_remote_code=trust_remote_code, home=home, console=console)  # fmt: skip
 
 
 @models_app.command("list")

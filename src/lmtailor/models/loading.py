@@ -55,8 +55,11 @@ def load_model(
     dtype: Any = None,
     device: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | None = None,
 ):
-    """An AutoModelForCausalLM from a local folder (safetensors only: no pickle weights are ever loaded)."""
+    """An AutoModelForCausalLM from a local folder (safetensors only: no pickle weights are ever loaded).
+
+    `device_map="auto"` spreads a model over every visible GPU (accelerate) instead of moving it to one device."""
     from transformers import AutoModelForCausalLM
 
     model = ref if isinstance(ref, ResolvedModel) else resolve(ref, home)
@@ -67,10 +70,11 @@ def load_model(
             dtype=dtype or best_dtype(device),
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            **({"device_map": device_map} if device_map else {}),
         )
     except Exception as e:
         raise ModelError(f"cannot load {model.ref} ({model.path}): {e}") from e
-    return m.to(device)
+    return m if device_map else m.to(device)
 
 
 def describe(ref: str, home: str | Path | None = None) -> dict[str, Any]:
