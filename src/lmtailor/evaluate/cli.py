@@ -14,6 +14,18 @@ def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _text_or_file(flag: str, value: str | None) -> str | None:
+    """A flag's text, or the content of the file it names as @path."""
+    if not value or not value.startswith("@"):
+        return value
+    from lmtailor.errors import SpecError
+
+    path = Path(value[1:]).expanduser()
+    if not path.is_file():
+        raise SpecError(f"{flag}: file not found: {path}")
+    return path.read_text(encoding="utf-8")
+
+
 def eval_command(
     spec: Annotated[Path | None, typer.Argument(help="YAML spec file; flags override its keys")] = None,
     model: Annotated[
@@ -26,7 +38,10 @@ def eval_command(
     ] = None,
     data: Annotated[str | None, typer.Option(help="test file: prompts with a reference")] = None,
     metrics: Annotated[
-        str | None, typer.Option(help="comma-separated metric names (default: picked from the references)")
+        str | None,
+        typer.Option(
+            help="comma-separated metric names; judge needs --judge-model (default: picked from the references)"
+        ),
     ] = None,
     labels: Annotated[str | None, typer.Option(help="comma-separated classification labels")] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="output folder")] = None,
@@ -42,6 +57,16 @@ def eval_command(
         bool | None,
         typer.Option("--cache/--no-cache", help="reuse cached answers (same model, prompt, params)"),
     ] = None,
+    judge_model: Annotated[
+        str | None,
+        typer.Option(help="model that scores answers for metric judge: openai:MODEL@URL or a local model"),
+    ] = None,
+    judge_rubric: Annotated[
+        str | None,
+        typer.Option(
+            help="rubric of the judge's 1-5 score, as text or @file (default: correct and complete)"
+        ),
+    ] = None,
     home: Annotated[
         Path | None, typer.Option("--home", help="lmtailor home (default: $LMTAILOR_HOME or ~/.lmtailor)")
     ] = None,
@@ -50,6 +75,8 @@ def eval_command(
     """Evaluate and compare models on a test set: metrics with 95% intervals, tests against the first model.
 
     Example: lmtailor eval --model smollm2-135m-instruct --model my-model --data test.jsonl
+
+    Judged: lmtailor eval -m my-model --data test.jsonl --metrics judge,rouge_l --judge-model openai:gpt-4o-mini
     """
     from lmtailor.cli import _threads, user_errors  # here, not at import: lmtailor.cli imports this module
 
@@ -57,13 +84,14 @@ def eval_command(
         "models": model or None, "data": data, "metrics": _split(metrics), "labels": _split(labels),
         "output": output, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
         "batch_size": batch_size, "format": fmt, "on_error": on_error, "seed": seed, "bootstrap": bootstrap,
-        "cache": cache,
+        "cache": cache, "judge_model": judge_model,
     }  # fmt: skip
     console = Console(highlight=False)
     with user_errors(debug):
         from lmtailor.evaluate.spec import EvalSpec
         from lmtailor.specs import load_spec
 
+        flags["judge_rubric"] = _text_or_file("--judge-rubric", judge_rubric)
         eval_spec = load_spec(EvalSpec, spec, flags)
         _threads()
         from lmtailor.evaluate.runner import run_eval

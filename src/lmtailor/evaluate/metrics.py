@@ -30,6 +30,9 @@ FREE_TEXT = ("contains", "rouge_l", "chrf")
 # Metrics whose per-example values are 0/1 (McNemar applies to them).
 BINARY = ("exact_match", "contains", "accuracy")
 METRIC_NAMES = ("exact_match", "contains", *CLASSIFICATION, "rouge_l", "bleu", "chrf", "perplexity")
+# Scored by evaluate/judge.py with a judge model (`lmtailor eval --judge-model`), never picked automatically.
+JUDGE = "judge"
+EVAL_METRIC_NAMES = (*METRIC_NAMES, JUDGE)
 LOWER_IS_BETTER = ("perplexity",)
 # A reference set reads as labels when it has at most this many distinct short values, each repeated.
 MAX_LABELS = 20
@@ -301,6 +304,10 @@ def pick_metrics(references: Sequence[str]) -> list[str]:
 
 
 def check_names(names: Sequence[str]) -> list[str]:
+    if JUDGE in names:
+        raise LmtailorError(
+            "metric judge needs a judge model: it is scored by `lmtailor eval --judge-model` only"
+        )
     unknown = [n for n in names if n not in METRIC_NAMES]
     if unknown:
         raise LmtailorError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRIC_NAMES)}")

@@ -54,6 +54,8 @@ def markdown(result: dict[str, Any], rows, answers: dict[str, list[str]]) -> str
         ]
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out.append("\n▲ / ▼: significantly better / worse than the baseline (p < 0.05).\n")
+    if result.get("judge"):
+        out += [_judge_note(result), ""]
     for m in result["models"][1:]:
         out += [
             f"## {m['name']} vs {base}\n",
@@ -73,6 +75,22 @@ def markdown(result: dict[str, Any], rows, answers: dict[str, list[str]]) -> str
     for m in result["models"][1:]:
         out += _md_examples(m, base, rows, answers)
     return "\n".join(out) + "\n"
+
+
+def _judge_note(result: dict[str, Any]) -> str:
+    """One paragraph: who judged, on what scale, and how many replies had no score."""
+    j = result["judge"]
+    counts = "; ".join(
+        f"{m['name']}: raw mean {fmt('raw', m['judge']['raw_mean'])}, "
+        f"{m['judge']['unparsed']} of {m['judge']['parsed'] + m['judge']['unparsed']} unparsed"
+        for m in result["models"]
+        if "judge" in m
+    )
+    return (
+        f"judge: {j['model']} scored each answer {j['scale'][0]}-{j['scale'][1]} by the {j['rubric']} rubric "
+        f"(judge_prompt.txt), shown as (score - 1) / {j['scale'][1] - j['scale'][0]}. Replies without a score "
+        f"are left out of the mean (judgements.jsonl). {counts}."
+    )
 
 
 def _md_confusion(cls: dict[str, Any]) -> list[str]:
@@ -134,6 +152,8 @@ def html(result: dict[str, Any], rows, answers: dict[str, list[str]]) -> str:
         "▲ / ▼ significantly better / worse than the baseline (p &lt; 0.05).</p>",
         _html_scores(result),
     ]
+    if result.get("judge"):
+        body.append(f"<p class=muted>{_e(_judge_note(result))}</p>")
     for m in result["models"][1:]:
         body.append(_html_comparison(m, base))
     confusions = [m for m in result["models"] if "classification" in m]
@@ -173,7 +193,9 @@ def _html_scores(result: dict[str, Any]) -> str:
 
 def _bar_chart(name: str, models: list[dict[str, Any]]) -> str:
     """Horizontal bars, one per model, with the interval as a whisker; inline SVG."""
-    items = [(m["name"], m["scores"][name]) for m in models if name in m["scores"]]
+    items = [
+        (m["name"], m["scores"][name]) for m in models if m["scores"].get(name, {}).get("value") is not None
+    ]
     if not items:
         return ""
     top = 100.0 if name in WIDE_SCALE else 1.0
@@ -192,7 +214,8 @@ def _bar_chart(name: str, models: list[dict[str, Any]]) -> str:
         parts.append(
             f'<rect x="{label_w}" y="{y}" width="{x(s["value"]) - label_w:.1f}" height="{bar_h}" fill="{color}" opacity=".8"/>'
         )
-        lo, hi, mid = x(s["ci_low"]), x(s["ci_high"]), y + bar_h / 2
+        ci = [s["value"] if v is None else v for v in (s["ci_low"], s["ci_high"])]
+        lo, hi, mid = x(ci[0]), x(ci[1]), y + bar_h / 2
         parts.append(f'<path d="M{lo:.1f} {mid}H{hi:.1f}M{lo:.1f} {y + 4}V{y + bar_h - 4}M{hi:.1f} {y + 4}V{y + bar_h - 4}" '
                      'stroke="#111827" stroke-width="1.5"/>')  # fmt: skip
         parts.append(

@@ -3,8 +3,9 @@
     rows      = load_rows(spec.data)                      prompt + reference per row
     answers   = answers_for(model, rows)                  batched generation, cached on disk per row
     scores    = metrics.score(names, answers, refs)       per-example values kept
+    judged    = judge.judge_runs(runs, rows, spec)        metric judge: a judge model scores each answer 1-5
     intervals = stats.bootstrap_ci / stats.compare        95% CIs, paired test against the first model
-    outputs   = metrics.json, predictions.jsonl, report.md, report.html
+    outputs   = metrics.json, predictions.jsonl, report.md, report.html (+ judge_prompt.txt, judgements.jsonl)
 
 A model reference is a catalog name, a folder, a tuned model in the home, or an OpenAI-compatible endpoint
 written `openai:MODEL@BASE_URL` (e.g. `openai:my-model@http://127.0.0.1:8000/v1`); the key is read from the
@@ -15,19 +16,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmtailor.errors import DataError, LmtailorError, ModelError
 from lmtailor.evaluate import metrics as M
 from lmtailor.evaluate import stats
 from lmtailor.evaluate.spec import EvalSpec
 from lmtailor.home import atomic_write_json, atomic_write_text, home_dir
+
+if TYPE_CHECKING:
+    from lmtailor.evaluate.judge import Judged
 
 SCHEMA = "lmtailor.eval/1"
 ENDPOINT_PREFIX = "openai:"
@@ -175,26 +180,91 @@ class ModelRun:
     scores: dict[str, M.Score]
 
 
-def _local_answers(model, tok, rows: list[EvalRow], spec: EvalSpec) -> list[str]:
+@dataclass
+class Answers:
+    """A model's answers to a list of prompts: from the cache where it had them, the rest generated."""
+
+    texts: list[str]
+    fingerprint: str
+    generated: int  # distinct prompts answered now
+    cached: int  # prompts answered from the cache
+    seconds: float
+    model: Any = None  # a local model, loaded when something had to be generated or `load` asked for it
+    tokenizer: Any = None
+
+
+def answer_prompts(
+    ref: str,
+    prompts: list[list[dict[str, str]]],
+    params: dict[str, Any],
+    spec: EvalSpec,
+    home,
+    log: Callable[[str], None],
+    load: bool = False,
+    what: str = "answers",
+) -> Answers:
+    """Answers of model `ref` to chat prompts under generation `params` (see generation_params), cached per
+    (model fingerprint, params, prompt): only prompts missing from the cache are generated, each once."""
+    endpoint = parse_endpoint(ref)
+    fp = model_fingerprint(ref, home)
+    cfile = cache_file(home, fp, params)
+    cache: dict[str, str] = (
+        json.loads(cfile.read_text(encoding="utf-8")) if spec.cache and cfile.exists() else {}
+    )
+    keys = [prompt_hash(p) for p in prompts]
+    todo: dict[str, int] = {}  # prompt hash -> first prompt with it
+    for i, k in enumerate(keys):
+        if k not in cache:
+            todo.setdefault(k, i)
+    cached = sum(k in cache for k in keys)
+    model = tok = None
+    t0 = time.time()
+    if not endpoint and (todo or load):
+        from lmtailor.models.loading import load_model, load_tokenizer
+
+        tok = load_tokenizer(ref, home, trust_remote_code=spec.trust_remote_code)
+        model = load_model(ref, home, trust_remote_code=spec.trust_remote_code)
+    if todo:
+        log(f"{ref}: generating {len(todo)} {what} ({cached} cached)")
+        todo_prompts = [prompts[i] for i in todo.values()]
+        new = (
+            _endpoint_answers(endpoint, todo_prompts, params, spec)
+            if endpoint
+            else _local_answers(model, tok, todo_prompts, params, spec.batch_size)
+        )
+        cache.update(zip(todo, new, strict=True))
+        # --no-cache regenerates, and still refreshes the cache
+        on_disk = json.loads(cfile.read_text(encoding="utf-8")) if cfile.exists() else {}
+        atomic_write_json(cfile, {**on_disk, **cache})
+    texts = [cache[k] for k in keys]
+    return Answers(texts, fp, len(todo), cached, time.time() - t0, model, tok)
+
+
+def _local_answers(
+    model, tok, prompts: list[list[dict]], params: dict[str, Any], batch_size: int
+) -> list[str]:
     from lmtailor.evaluate.generate import generate
 
-    if spec.temperature > 0:
+    sampling = params["temperature"] > 0
+    if sampling:
         import torch
 
-        torch.manual_seed(spec.seed)
+        torch.manual_seed(params["seed"])
     return generate(
         model,
         tok,
-        [r.prompt for r in rows],
-        max_new_tokens=spec.max_new_tokens,
-        batch_size=spec.batch_size,
-        do_sample=spec.temperature > 0,
-        temperature=spec.temperature or 1.0,
-        top_p=spec.top_p,
+        prompts,
+        max_new_tokens=params["max_new_tokens"],
+        batch_size=batch_size,
+        do_sample=sampling,
+        temperature=params["temperature"] or 1.0,
+        top_p=params.get("top_p", 1.0),
     )
 
 
-def _endpoint_answers(endpoint: Endpoint, rows: list[EvalRow], spec: EvalSpec) -> list[str]:
+def _endpoint_answers(
+    endpoint: Endpoint, prompts: list[list[dict]], params: dict[str, Any], spec: EvalSpec
+) -> list[str]:
     """Chat completions from an OpenAI-compatible server, a few requests in flight at once."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -203,21 +273,21 @@ def _endpoint_answers(endpoint: Endpoint, rows: list[EvalRow], spec: EvalSpec) -
     client = OpenAI(
         base_url=endpoint.base_url, api_key=os.environ.get(spec.api_key_env) or "EMPTY", max_retries=2
     )
-    extra = {"top_p": spec.top_p, "seed": spec.seed} if spec.temperature > 0 else {}
+    extra = {"top_p": params["top_p"], "seed": params["seed"]} if params["temperature"] > 0 else {}
 
-    def ask(row: EvalRow) -> str:
+    def ask(messages: list[dict]) -> str:
         reply = client.chat.completions.create(
             model=endpoint.model,
-            messages=row.prompt,  # type: ignore[arg-type]
-            max_tokens=spec.max_new_tokens,
-            temperature=spec.temperature,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=params["max_new_tokens"],
+            temperature=params["temperature"],
             **extra,
         )
         return (reply.choices[0].message.content or "").strip()
 
     try:
         with ThreadPoolExecutor(max_workers=min(8, spec.batch_size)) as pool:
-            return list(pool.map(ask, rows))
+            return list(pool.map(ask, prompts))
     except OpenAIError as e:
         raise ModelError(f"endpoint {endpoint.model}@{endpoint.base_url}: {e}") from e
 
@@ -225,47 +295,22 @@ def _endpoint_answers(endpoint: Endpoint, rows: list[EvalRow], spec: EvalSpec) -
 def run_model(
     ref: str, rows: list[EvalRow], names: list[str], spec: EvalSpec, home, labels, log: Callable[[str], None]
 ) -> ModelRun:
-    """Answers for every row (cached ones reused, only the rest generated), then the scores."""
+    """Answers for every row (cached ones reused, only the rest generated), then the scores (all but judge)."""
     endpoint = parse_endpoint(ref)
-    fp = model_fingerprint(ref, home)
-    params = generation_params(spec)
-    cfile = cache_file(home, fp, params)
-    cache: dict[str, str] = (
-        json.loads(cfile.read_text(encoding="utf-8")) if spec.cache and cfile.exists() else {}
+    prompts = [r.prompt for r in rows]
+    got = answer_prompts(
+        ref, prompts, generation_params(spec), spec, home, log, load=not endpoint and "perplexity" in names
     )
-    keys = [prompt_hash(r.prompt) for r in rows]
-    todo = [i for i, k in enumerate(keys) if k not in cache]
-    needs_model = not endpoint and (todo or "perplexity" in names)
-    model = tok = None
-    t0 = time.time()
-    if needs_model:
-        from lmtailor.models.loading import load_model, load_tokenizer
-
-        tok = load_tokenizer(ref, home, trust_remote_code=spec.trust_remote_code)
-        model = load_model(ref, home, trust_remote_code=spec.trust_remote_code)
-    if todo:
-        log(f"{ref}: generating {len(todo)} answers ({len(rows) - len(todo)} cached)")
-        todo_rows = [rows[i] for i in todo]
-        new = (
-            _endpoint_answers(endpoint, todo_rows, spec)
-            if endpoint
-            else _local_answers(model, tok, todo_rows, spec)
-        )
-        cache.update({keys[i]: a for i, a in zip(todo, new, strict=True)})
-        # --no-cache regenerates, and still refreshes the cache
-        on_disk = json.loads(cfile.read_text(encoding="utf-8")) if cfile.exists() else {}
-        atomic_write_json(cfile, {**on_disk, **cache})
-    seconds = time.time() - t0
-    answers = [cache[k] for k in keys]
     if endpoint and "perplexity" in names:
         log(f"{ref}: perplexity needs a local model; skipped for this endpoint")
-    scored = [n for n in names if not (endpoint and n == "perplexity")]
+    scored = [n for n in names if n != M.JUDGE and not (endpoint and n == "perplexity")]
     scores = M.score(
-        scored, answers, [r.reference for r in rows], labels, model, tok, [r.prompt for r in rows]
+        scored, got.texts, [r.reference for r in rows], labels, got.model, got.tokenizer, prompts
     )
-    del model
     kind = "openai" if endpoint else "local"
-    return ModelRun(ref, kind, fp, answers, len(todo), len(rows) - len(todo), round(seconds, 2), scores)
+    return ModelRun(
+        ref, kind, got.fingerprint, got.texts, got.generated, got.cached, round(got.seconds, 2), scores
+    )
 
 
 # ---------------------------------------------------------------- the run
@@ -284,10 +329,20 @@ def run_eval(
         f"{len(rows)} rows, metrics: {', '.join(names)}"
         + (" (picked from the references)" if not spec.metrics else "")
     )
+    if (spec.judge_model or spec.judge_rubric) and M.JUDGE not in names:
+        log("judge_model / judge_rubric are set but metric judge is not asked for: no judge runs")
     runs = [run_model(ref, rows, names, spec, home, labels, log) for ref in spec.models]
-    result = _summary(spec, rows, names, labels, runs)
+    judged = None
+    if M.JUDGE in names:
+        from lmtailor.evaluate.judge import judge_runs
+
+        judged = judge_runs(runs, rows, spec, home, log)
+        for run in runs:
+            scores = {**run.scores, M.JUDGE: judged.scores[run.ref]}
+            run.scores = {n: scores[n] for n in names if n in scores}
+    result = _summary(spec, rows, names, labels, runs, judged)
     result["output"] = str(out)
-    write_outputs(out, result, rows, runs)
+    write_outputs(out, result, rows, runs, judged)
     return result
 
 
@@ -301,7 +356,14 @@ def _new_folder(parent: Path) -> Path:
     return out
 
 
-def _summary(spec: EvalSpec, rows, names, labels, runs: list[ModelRun]) -> dict[str, Any]:
+def _finite(value: float) -> float | None:
+    """NaN (a judge mean with no parsed reply) as JSON null."""
+    return value if math.isfinite(value) else None
+
+
+def _summary(
+    spec: EvalSpec, rows, names, labels, runs: list[ModelRun], judged: Judged | None = None
+) -> dict[str, Any]:
     base = runs[0]
     models = []
     for run in runs:
@@ -312,23 +374,26 @@ def _summary(spec: EvalSpec, rows, names, labels, runs: list[ModelRun]) -> dict[
         for name, s in run.scores.items():
             low, high = stats.bootstrap_ci(s, spec.bootstrap, spec.seed)
             entry["scores"][name] = {
-                "value": s.value,
-                "ci_low": low,
-                "ci_high": high,
+                "value": _finite(s.value),
+                "ci_low": _finite(low),
+                "ci_high": _finite(high),
                 "higher_is_better": s.higher_is_better,
             }
         cls = next((s.details for s in run.scores.values() if "confusion" in s.details), None)
         if cls:
             entry["classification"] = {k: v for k, v in cls.items() if k != "mapped"}
+        if M.JUDGE in run.scores:
+            entry["judge"] = run.scores[M.JUDGE].details
         if run is not base:
             for name, s in run.scores.items():
-                if name in base.scores:
+                # a metric with no value (every judge reply unparsed) on either side is not compared
+                if name in base.scores and math.isfinite(base.scores[name].value) and math.isfinite(s.value):
                     entry["vs_baseline"][name] = stats.compare(
                         base.scores[name], s, spec.bootstrap, spec.seed
                     )
             entry["examples"] = fixed_broken(base, run)
         models.append(entry)
-    return {
+    result = {
         "schema": SCHEMA,
         "created_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         "data": {"path": str(spec.data), "rows": len(rows), "sha256": _file_sha(Path(spec.data))},
@@ -340,6 +405,9 @@ def _summary(spec: EvalSpec, rows, names, labels, runs: list[ModelRun]) -> dict[
         "baseline": base.ref,
         "models": models,
     }
+    if judged is not None:
+        result["judge"] = judged.summary()
+    return result
 
 
 def fixed_broken(base: ModelRun, run: ModelRun) -> dict[str, Any]:
@@ -361,8 +429,15 @@ def fixed_broken(base: ModelRun, run: ModelRun) -> dict[str, Any]:
     }
 
 
-def write_outputs(out: Path, result: dict[str, Any], rows: list[EvalRow], runs: list[ModelRun]) -> None:
-    """metrics.json, predictions.jsonl (every row, every model), report.md and report.html, each atomically."""
+def write_outputs(
+    out: Path,
+    result: dict[str, Any],
+    rows: list[EvalRow],
+    runs: list[ModelRun],
+    judged: Judged | None = None,
+) -> None:
+    """metrics.json, predictions.jsonl (every row, every model), report.md and report.html, each atomically;
+    with metric judge also judge_prompt.txt and judgements.jsonl."""
     from lmtailor.evaluate import report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -372,12 +447,16 @@ def write_outputs(out: Path, result: dict[str, Any], rows: list[EvalRow], runs: 
         item["predictions"] = {
             r.ref: {
                 "answer": r.answers[i],
-                "scores": {n: float(s.per_example[i]) for n, s in r.scores.items()},
+                "scores": {n: _finite(float(s.per_example[i])) for n, s in r.scores.items()},
             }
             for r in runs
         }
         lines.append(json.dumps(item, ensure_ascii=False))
     atomic_write_text(out / "predictions.jsonl", "\n".join(lines) + "\n")
+    if judged is not None:
+        atomic_write_text(out / "judge_prompt.txt", judged.template)
+        judgements = [json.dumps(j, ensure_ascii=False) for j in judged.judgements]
+        atomic_write_text(out / "judgements.jsonl", "\n".join(judgements) + "\n")
     atomic_write_json(out / "metrics.json", result)
     answers = {r.ref: r.answers for r in runs}
     atomic_write_text(out / "report.md", report.markdown(result, rows, answers))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmtailor.evaluate.metrics import METRIC_NAMES
+from lmtailor.evaluate.metrics import EVAL_METRIC_NAMES, JUDGE
 
 
 class EvalSpec(BaseModel):
@@ -24,7 +24,8 @@ class EvalSpec(BaseModel):
     format: Literal["auto", "chat", "alpaca", "sharegpt"] = Field("auto", description="data format")
     on_error: Literal["fail", "skip"] = Field("fail", description="bad rows stop the run, or are skipped")
     metrics: list[str] | None = Field(
-        None, description="metric names (default: picked from the references: labels or free text)"
+        None,
+        description="metric names (default: picked from the references: labels or free text; never judge)",
     )
     labels: list[str] | None = Field(
         None, description="classification labels (default: the distinct references)"
@@ -41,6 +42,16 @@ class EvalSpec(BaseModel):
         "OPENAI_API_KEY", description="environment variable holding the key of `openai:` endpoints"
     )
     trust_remote_code: bool = Field(False, description="run code shipped with the model")
+    judge_model: str | None = Field(
+        None,
+        description="the model that scores answers for metric judge: an endpoint `openai:MODEL@BASE_URL` "
+        "(key from `api_key_env`) or a local model (catalog name, folder, tuned model)",
+    )
+    judge_rubric: str | None = Field(
+        None,
+        description="what the judge's 1-5 score means (default: how correct and complete the answer is "
+        "against the reference)",
+    )
 
     @field_validator("models")
     @classmethod
@@ -56,7 +67,21 @@ class EvalSpec(BaseModel):
         if value is None:
             return None
         value = [v.strip() for v in value if v.strip()]
-        unknown = [v for v in value if v not in METRIC_NAMES]
+        unknown = [v for v in value if v not in EVAL_METRIC_NAMES]
         if unknown:
-            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRIC_NAMES)}")
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(EVAL_METRIC_NAMES)}")
         return list(dict.fromkeys(value)) or None
+
+    @field_validator("judge_model", "judge_rubric")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return (value.strip() or None) if value is not None else None
+
+    @model_validator(mode="after")
+    def _judge_needs_a_model(self) -> EvalSpec:
+        if self.metrics and JUDGE in self.metrics and not self.judge_model:
+            raise ValueError(
+                "metric judge needs a judge model: --judge-model (spec key judge_model), "
+                "e.g. openai:MODEL@BASE_URL or a local model"
+            )
+        return self

@@ -33,6 +33,11 @@ def _values(score: Score, idx: np.ndarray) -> np.ndarray:
 
 
 def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Percentiles of the resampled values. A resample can leave a metric undefined (NaN: the judge's mean
+    over a resample that drew no parsed reply); those resamples are left out."""
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return (float("nan"), float("nan"))
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
@@ -59,7 +64,8 @@ def paired_bootstrap(
     idx = resample_indices(n, resamples, seed)
     deltas = _values(other, idx) - _values(baseline, idx)
     low, high = _interval(deltas, confidence)
-    p = min(1.0, 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean())))
+    deltas = deltas[~np.isnan(deltas)]  # resamples where either side is undefined
+    p = min(1.0, 2 * min(float((deltas <= 0).mean()), float((deltas >= 0).mean()))) if len(deltas) else 1.0
     return {"test": "paired-bootstrap", "delta": other.value - baseline.value, "ci_low": low, "ci_high": high,
             "p_value": p}  # fmt: skip
 
