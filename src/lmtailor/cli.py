@@ -17,6 +17,7 @@ from rich.table import Table
 from lmtailor.data.cli import data_app
 from lmtailor.errors import LmtailorError
 from lmtailor.evaluate.cli import eval_command
+from lmtailor.platform.cli import jobs_app
 
 app = typer.Typer(
     help="lmtailor: tailor open language models to your own task: data, fine-tuning, evaluation, chat.",
@@ -28,6 +29,7 @@ models_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(jobs_app, name="jobs")
 app.command("eval")(eval_command)
 
 HomeOpt = Annotated[
@@ -236,10 +238,16 @@ def serve(
     trust_remote_code: Annotated[
         bool, typer.Option(help="allow models' own Python code (off: safer)")
     ] = False,
+    db: Annotated[
+        str | None, typer.Option(help="job store database URL (default: SQLite in the home)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="jobs run at once, each in its own process")] = 1,
+    max_upload_mb: Annotated[float, typer.Option(help="largest file accepted by POST /v1/files")] = 2048,
     home: HomeOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Serve models behind an OpenAI-compatible API under /v1 (chat, completions, models), /health, /metrics.
+    """Serve models behind an OpenAI-compatible API under /v1 (chat, completions, models, files, fine-tuning
+    jobs), /health and /metrics.
 
     Example: lmtailor serve --model quickstart ; then any OpenAI client with base_url http://127.0.0.1:8000/v1
     """
@@ -250,7 +258,8 @@ def serve(
         run_server(models=model, host=host, port=port, api_key=api_key or os.environ.get("LMTAILOR_API_KEY"),
                    engine=engine, tensor_parallel_size=tensor_parallel_size, max_batch=max_batch,
                    max_queue=max_queue, timeout=timeout, memory_gb=memory_gb, dtype=dtype,
-                   trust_remote_code=trust_remote_code, home=home, console=console)  # fmt: skip
+                   trust_remote_code=trust_remote_code, home=home, console=console, db=db, workers=workers,
+                   max_upload_mb=max_upload_mb)  # fmt: skip
 
 
 @models_app.command("list")

@@ -47,6 +47,11 @@ class TrainSpec(_Spec):
     learning_rate: float | None = Field(
         None, gt=0, description="peak learning rate (auto from strategy and size)"
     )
+    learning_rate_multiplier: float = Field(
+        1.0,
+        gt=0,
+        description="scales the learning rate, chosen or given (OpenAI's fine-tuning hyperparameter)",
+    )
     epochs: float | None = Field(None, gt=0, description="passes over the data (auto from data size)")
     batch_size: int | None = Field(None, ge=1, description="samples per optimizer step (auto)")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")

@@ -51,6 +51,12 @@ def _start_server(models: list[str], home: Path, api_key: str | None = None, tim
 
 
 @pytest.fixture(scope="session")
+def server_class():
+    """Server(app, pool): run any app built by create_app on a free port of 127.0.0.1."""
+    return Server
+
+
+@pytest.fixture(scope="session")
 def start_server():
     """start_server(models, home, api_key=None, timeout=600, **pool options) -> a running Server (fp32: exact greedy)."""
     return _start_server

@@ -28,6 +28,7 @@ from lmtailor.serve.requests import Delta, Done, Failed, Finished, Overloaded, R
 from lmtailor.serve.requests import Request as GenRequest
 
 MAX_BODY = 8 * 2**20  # bytes of a request body
+MAX_UPLOAD = 2 * 2**30  # bytes of an uploaded file (POST /v1/files)
 DEFAULT_MAX_TOKENS = 2048
 
 
@@ -54,11 +55,15 @@ class Metrics:
         loaded.set_function(lambda: len(pool.engines()))
 
 
-def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600.0,
-               max_body: int = MAX_BODY) -> FastAPI:  # fmt: skip
+def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600.0, max_body: int = MAX_BODY,
+               store=None, worker=None, max_upload: int = MAX_UPLOAD) -> FastAPI:  # fmt: skip
+    """The API over `pool`; with a store and a worker also the files and fine-tuning jobs API."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
+        if worker is not None:
+            await asyncio.to_thread(worker.stop)
         await asyncio.to_thread(pool.close)
 
     app = FastAPI(title="lmtailor", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
@@ -90,7 +95,11 @@ def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600
             msg, param = "the request body is not valid JSON", None
         return JSONResponse(ApiError(400, f"{param + ': ' if param else ''}{msg}", param=param).body(), 400)
 
-    app.add_middleware(BodyLimit, limit=max_body)
+    app.add_middleware(BodyLimit, limit=max_body, uploads=max_upload)
+    if store is not None:
+        from lmtailor.platform.api import add_platform_routes
+
+        add_platform_routes(app, store, worker, pool, guard, max_upload)
 
     @app.get("/health")
     async def health():
@@ -148,36 +157,36 @@ def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600
 
 
 class BodyLimit:
-    """413 for request bodies over the limit, by header or by counting a chunked body."""
+    """413 for request bodies over the limit, by header or by counting a chunked body. File uploads have
+    their own, larger limit."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, uploads: int = MAX_UPLOAD):
+        self.app, self.default, self.uploads = app, limit, uploads
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.uploads if scope["path"] == "/v1/files" else self.default
         length = dict(scope["headers"]).get(b"content-length")
-        if length and length.isdigit() and int(length) > self.limit:
-            return await self._reject(send)
+        if length and length.isdigit() and int(length) > limit:
+            return await self._reject(send, limit)
         seen = 0
 
         async def counted():
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise ApiError(413, "request body too large")
             return message
 
         try:
             await self.app(scope, counted, send)
         except ApiError:
-            await self._reject(send)
+            await self._reject(send, limit)
 
-    async def _reject(self, send):
-        body = json.dumps(
-            ApiError(413, f"request body over {self.limit} bytes", code="body_too_large").body()
-        )
+    async def _reject(self, send, limit: int):
+        body = json.dumps(ApiError(413, f"request body over {limit} bytes", code="body_too_large").body())
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json")]})  # fmt: skip
         await send({"type": "http.response.body", "body": body.encode()})

@@ -45,7 +45,8 @@ class Loaded:
 class ModelPool:
     def __init__(self, home=None, models: list[str] | None = None, engine: str = "auto",
                  memory_budget: float | None = None, max_batch: int | None = None, max_queue: int = 64,
-                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, dtype: str = "auto"):  # fmt: skip
+                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, dtype: str = "auto",
+                 store=None):  # fmt: skip
         self.home = home_dir(home)
         self.explicit = models or []
         self.engine_kind = pick_engine(engine)
@@ -56,6 +57,7 @@ class ModelPool:
         self.tensor_parallel_size = tensor_parallel_size
         self.trust_remote_code = trust_remote_code
         self.dtype = dtype  # auto: bf16 where the hardware computes it natively
+        self.store = store  # models made by fine-tuning jobs, served as soon as they exist
         self.loaded: dict[str, Loaded] = {}  # engine key (the weights' folder) -> engine
         self._lock = threading.Lock()
         self._offers: dict[str, Offer] = {}
@@ -65,8 +67,21 @@ class ModelPool:
     # ---- what is offered ----------------------------------------------------------------------------------
 
     def offers(self) -> dict[str, Offer]:
-        """Explicit --model refs if any were given; else the catalog models present here and the home's tuned
-        models. Re-read at most every two seconds so a model trained meanwhile appears."""
+        """Explicit --model refs if any were given, else the catalog models present here and the home's tuned
+        models (re-read at most every two seconds); always every model and checkpoint a job has made."""
+        return {**self._static_offers(), **self._job_offers()}
+
+    def _job_offers(self) -> dict[str, Offer]:
+        if self.store is None:
+            return {}
+        found = {}
+        for m in self.store.models():
+            adapter = str(self.store.path(m.adapter)) if m.adapter and m.base_path else None
+            found[m.name] = Offer(m.name, str(self.store.path(m.path)), m.created_at, adapter,
+                                  m.base_path if adapter else None)  # fmt: skip
+        return found
+
+    def _static_offers(self) -> dict[str, Offer]:
         if time.monotonic() - self._offers_at < 2 and self._offers:
             return self._offers
         found: dict[str, Offer] = {}
@@ -80,7 +95,7 @@ class ModelPool:
             for name, entry in CATALOG.items():
                 if entry.hub_id is None or _in_hub_cache(entry.hub_id):
                     found[name] = Offer(name, name, 0)
-            for card in sorted((self.home / "models").glob("*/lmtailor.json")):
+            for card in sorted((self.home / "models").glob("*/lmtailor.json")):  # lmtailor train's models
                 offer = self._offer(str(card.parent))
                 found.setdefault(offer.id, offer)
         self._offers, self._offers_at = found, time.monotonic()
@@ -147,7 +162,10 @@ class ModelPool:
                     engine, _engine_bytes(engine) or estimate, time.monotonic()
                 )
             if offer.adapter and offer.id not in loaded.engine.adapters:
-                loaded.engine.add_adapter(offer.id, offer.adapter)
+                try:
+                    loaded.engine.add_adapter(offer.id, offer.adapter)
+                except (OSError, ValueError) as e:
+                    raise ModelError(f"cannot load the adapter of {offer.id} ({offer.adapter}): {e}") from e
             return key
 
     def _make_room(self, need: int) -> None:

@@ -35,17 +35,22 @@ def check_binding(host: str, api_key: str | None) -> None:
 
 
 def run_server(models=None, host="127.0.0.1", port=8000, api_key=None, engine="auto", tensor_parallel_size=1,
+               db=None, workers=1, max_upload_mb=2048,
                max_batch=None, max_queue=64, timeout=600.0, memory_gb=None, dtype="auto", trust_remote_code=False, home=None,
                console=None) -> None:  # fmt: skip
     import uvicorn
 
+    from lmtailor.platform.store import Store
+    from lmtailor.platform.worker import Worker
     from lmtailor.serve.app import create_app
     from lmtailor.serve.pool import ModelPool
 
     check_binding(host, api_key)
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise LmtailorError(f"unknown --dtype {dtype!r}: use auto, bfloat16, float16 or float32")
-    pool = ModelPool(home=home, models=models, engine=engine, max_batch=max_batch, max_queue=max_queue,
+    store = Store(home, db)
+    worker = Worker(store, workers=workers)
+    pool = ModelPool(home=home, models=models, store=store, engine=engine, max_batch=max_batch, max_queue=max_queue,
                      memory_budget=memory_gb * 2**30 if memory_gb else None,
                      tensor_parallel_size=tensor_parallel_size, trust_remote_code=trust_remote_code,
                      dtype=dtype)  # fmt: skip
@@ -55,5 +60,13 @@ def run_server(models=None, host="127.0.0.1", port=8000, api_key=None, engine="a
         console.print(
             f"OpenAI-compatible API at http://{host}:{port}/v1" + (" (API key required)" if api_key else "")
         )
-    app = create_app(pool, api_key=api_key, timeout=timeout)
+    app = create_app(
+        pool,
+        api_key=api_key,
+        timeout=timeout,
+        store=store,
+        worker=worker,
+        max_upload=int(max_upload_mb * 2**20),
+    )
+    worker.start()  # recovers jobs a killed server left running, then runs the queue
     uvicorn.run(app, host=host, port=port, log_level="warning")

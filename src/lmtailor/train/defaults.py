@@ -76,6 +76,11 @@ def choose(spec: TrainSpec, n_rows: int, lengths: list[int], n_params: int, on_g
     if lr is None:
         lr = LEARNING_RATE[kind]
         why["learning_rate"] = f"{lr:g} for {kind}"
+    if spec.learning_rate_multiplier != 1.0:
+        lr *= spec.learning_rate_multiplier
+        why["learning_rate"] = (
+            f"{lr:g}: {why.get('learning_rate', spec.learning_rate)} x multiplier {spec.learning_rate_multiplier:g}"
+        )
     max_length = spec.max_length
     if max_length is None:
         longest = max(lengths) if lengths else 512

@@ -18,9 +18,14 @@ from lmtailor.specs import TrainSpec
 
 
 def run_sft(
-    spec: TrainSpec, home: str | Path | None = None, progress: bool = True, log: Callable = print
+    spec: TrainSpec,
+    home: str | Path | None = None,
+    progress: bool = True,
+    log: Callable = print,
+    callbacks: list | None = None,
 ) -> Path:
-    """Train `spec.model` on `spec.data`; return the tuned model folder."""
+    """Train `spec.model` on `spec.data`; return the tuned model folder. `callbacks`: extra transformers
+    TrainerCallbacks (the job worker's: events, checkpoints, pause)."""
     import torch
 
     from lmtailor.data.tokenize import tokenize_record, tokenize_records
@@ -78,6 +83,8 @@ def run_sft(
         trainer.add_callback(
             EvalMetricsCallback(tok, val_rows(val_recs), spec.eval_metrics, out / "metrics.jsonl")
         )
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
     resume = _last_checkpoint(out) if spec.resume else None
     if spec.resume and resume is None:
         log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
@@ -243,6 +250,7 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
         eval_dataset=val_ds,
         data_collator=collator,
         callbacks=callbacks,
+        processing_class=tok,  # checkpoints carry the tokenizer, so each one loads (and serves) alone
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl say it once
     return trainer

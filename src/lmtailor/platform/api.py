@@ -1,0 +1,371 @@
+"""OpenAI's files and fine-tuning jobs API on lmtailor: code written for OpenAI works with `base_url` changed.
+
+/v1/files                                   upload (multipart), list, retrieve, content, delete
+/v1/fine_tuning/jobs                        create, list, retrieve, cancel, pause, resume, events, checkpoints
+/v1/lmtailor/jobs                           lmtailor's own jobs (evaluation) on the same store and worker
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+
+from lmtailor.platform.store import Checkpoint, Event, Job, Store, new_id, now
+from lmtailor.platform.store import File as StoredFile
+from lmtailor.serve.protocol import ApiError
+
+PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "vision", "user_data", "evals")
+FINAL = ("succeeded", "failed", "cancelled")
+UNSUPPORTED = {"dpo": "preference (DPO)", "reinforcement": "reinforcement"}
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_epochs: Literal["auto"] | int = Field("auto", json_schema_extra={"minimum": 1})
+    batch_size: Literal["auto"] | int = "auto"
+    learning_rate_multiplier: Literal["auto"] | float = "auto"
+
+    def checked(self) -> dict:
+        for name in ("n_epochs", "batch_size"):
+            value = getattr(self, name)
+            if value != "auto" and value < 1:
+                raise ApiError(400, f"{name} must be 'auto' or at least 1", param=f"hyperparameters.{name}")
+        lr = self.learning_rate_multiplier
+        if lr != "auto" and lr <= 0:
+            raise ApiError(400, "learning_rate_multiplier must be 'auto' or above 0",
+                           param="hyperparameters.learning_rate_multiplier")  # fmt: skip
+        return self.model_dump()
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: dict | None = None  # deprecated by OpenAI in favour of method, still accepted
+    method: dict | None = None
+    suffix: str | None = Field(None, max_length=64)
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    lmtailor: dict[str, Any] | None = None  # lmtailor's own TrainSpec keys (strategy, lora_r, …)
+
+
+def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, max_upload: int) -> None:
+    # ---- files --------------------------------------------------------------------------------------------
+
+    @app.post("/v1/files", dependencies=guard)
+    async def upload(file: UploadFile = File(...), purpose: str = Form(...)):
+        if purpose not in PURPOSES:
+            raise ApiError(400, f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
+        file_id = new_id("file")
+        name = os.path.basename(file.filename or "upload.jsonl")
+        suffix = os.path.splitext(name)[1].lower()  # the data readers go by it; OpenAI's files are JSONL
+        rel = f"files/{file_id}{suffix if suffix in ('.jsonl', '.json', '.csv', '.parquet') else '.jsonl'}"
+        target = store.path(rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{file_id}.part")
+        size = 0
+        try:
+            with open(tmp, "wb") as out:
+                while chunk := await file.read(1 << 20):
+                    size += len(chunk)
+                    if size > max_upload:
+                        raise ApiError(413, f"the file is over the upload limit of {max_upload} bytes",
+                                       param="file", code="file_too_large")  # fmt: skip
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)  # a crash mid-upload leaves only a .part file, never a half file
+        finally:
+            tmp.unlink(missing_ok=True)
+        row = store.add(StoredFile(id=file_id, filename=name, purpose=purpose, bytes=size, created_at=now(),
+                                   path=rel))  # fmt: skip
+        return _file_json(row)
+
+    @app.get("/v1/files", dependencies=guard)
+    async def list_files(purpose: str | None = None, limit: int = 10000, after: str | None = None,
+                         order: Literal["asc", "desc"] = "desc"):  # fmt: skip
+        with store.session() as s:
+            q = select(StoredFile).where(StoredFile.deleted.is_(False))
+            if purpose:
+                q = q.where(StoredFile.purpose == purpose)
+            q = _after(s, q, StoredFile, after, order)
+            rows = list(s.scalars(q.limit(max(1, min(limit, 10000)) + 1)))
+        return _page([_file_json(f) for f in rows], limit)
+
+    @app.get("/v1/files/{file_id}", dependencies=guard)
+    async def get_file(file_id: str):
+        return _file_json(_file(store, file_id))
+
+    @app.get("/v1/files/{file_id}/content", dependencies=guard)
+    async def file_content(file_id: str):
+        f = _file(store, file_id)
+        return FileResponse(store.path(f.path), filename=f.filename, media_type="application/octet-stream")
+
+    @app.delete("/v1/files/{file_id}", dependencies=guard)
+    async def delete_file(file_id: str):
+        f = _file(store, file_id)
+        busy = [j.id for j in store.jobs(("validating_files", "queued", "running", "paused"))
+                if file_id in (j.training_file, j.validation_file)]  # fmt: skip
+        if busy:
+            raise ApiError(
+                409, f"{file_id} is used by unfinished job {busy[0]}; cancel it first", param="file_id"
+            )
+        store.path(f.path).unlink(missing_ok=True)
+        with store.session() as s, s.begin():
+            s.get(StoredFile, file_id).deleted = True
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    # ---- fine-tuning jobs -----------------------------------------------------------------------------
+
+    @app.post("/v1/fine_tuning/jobs", dependencies=guard)
+    async def create_job(body: JobCreate):
+        method = body.method or {"type": "supervised"}
+        kind = method.get("type", "supervised")
+        if kind in UNSUPPORTED:
+            raise ApiError(400, f"{UNSUPPORTED[kind]} fine-tuning is not available in lmtailor yet; use "
+                           "method type 'supervised'", param="method.type", code="unsupported_method")  # fmt: skip
+        if kind != "supervised":
+            raise ApiError(400, f"unknown method type {kind!r}", param="method.type")
+        raw = (method.get("supervised") or {}).get("hyperparameters") or body.hyperparameters or {}
+        try:
+            hp = Hyperparameters(**raw).checked()
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ApiError(400, f"hyperparameters.{'.'.join(map(str, err['loc']))}: {err['msg']}",
+                           param="hyperparameters") from e  # fmt: skip
+        base_ref = _offered(pool, body.model)
+        for param in ("training_file", "validation_file"):
+            file_id = getattr(body, param)
+            if file_id:
+                f = _file(store, file_id, param)
+                if f.purpose != "fine-tune":
+                    raise ApiError(400, f"{file_id} has purpose {f.purpose!r}, not 'fine-tune'", param=param)
+        options = _options(body.lmtailor or {})
+        job = store.add(Job(id=new_id("ftjob"), kind="fine_tune", status="queued", model=body.model, base_ref=base_ref,
+                            training_file=body.training_file, validation_file=body.validation_file,
+                            method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+                            hyperparameters=hp, options=options, suffix=body.suffix,
+                            seed=body.seed if body.seed is not None else 42, job_metadata=body.metadata,
+                            created_at=now(), result_files=[]))  # fmt: skip
+        store.log(job.id, f"Created fine-tuning job: {job.id}")
+        worker.wake()
+        return _job_json(store, job)
+
+    @app.get("/v1/fine_tuning/jobs", dependencies=guard)
+    async def list_jobs(request: Request, after: str | None = None, limit: int = 20):
+        wanted = {
+            k[9:-1]: v
+            for k, v in request.query_params.items()
+            if k.startswith("metadata[") and k.endswith("]")
+        }
+        with store.session() as s:
+            q = _after(s, select(Job).where(Job.kind == "fine_tune"), Job, after, "desc")
+            rows = [
+                j for j in s.scalars(q) if all((j.job_metadata or {}).get(k) == v for k, v in wanted.items())
+            ]
+        return _page([_job_json(store, j) for j in rows[: limit + 1]], limit)
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}", dependencies=guard)
+    async def get_job(job_id: str):
+        return _job_json(store, _job(store, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", dependencies=guard)
+    async def cancel_job(job_id: str):
+        job = _job(store, job_id)
+        if job.status in FINAL:
+            raise ApiError(400, f"job {job_id} already {job.status}", param="job_id")
+        if job.status in ("queued", "paused"):
+            store.update_job(job_id, status="cancelled", finished_at=now(), request=None)
+            store.log(job_id, "Job cancelled")
+        else:
+            store.update_job(job_id, request="cancel")
+            worker.wake()
+        return _job_json(store, _job(store, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause", dependencies=guard)
+    async def pause_job(job_id: str):
+        job = _job(store, job_id)
+        if job.status == "queued":
+            store.update_job(job_id, status="paused")
+            store.log(job_id, "Job paused before it started")
+        elif job.status in ("validating_files", "running"):
+            store.update_job(job_id, request="pause")
+            store.log(job_id, "Pause requested: the job stops at its next step, after a checkpoint")
+        else:
+            raise ApiError(400, f"job {job_id} is {job.status}: only a queued or running job can pause",
+                           param="job_id")  # fmt: skip
+        return _job_json(store, _job(store, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume", dependencies=guard)
+    async def resume_job(job_id: str):
+        job = _job(store, job_id)
+        if job.status != "paused":
+            raise ApiError(400, f"job {job_id} is {job.status}, not paused", param="job_id")
+        store.update_job(job_id, status="queued", request=None)
+        store.log(job_id, "Job resumed: it continues from its last checkpoint")
+        worker.wake()
+        return _job_json(store, _job(store, job_id))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/events", dependencies=guard)
+    async def list_events(job_id: str, after: str | None = None, limit: int = 20):
+        _job(store, job_id)
+        return _page([_event_json(e) for e in _children(store, Event, job_id, after, limit)], limit)
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", dependencies=guard)
+    async def list_checkpoints(job_id: str, after: str | None = None, limit: int = 10):
+        _job(store, job_id)
+        return _page([_checkpoint_json(c) for c in _children(store, Checkpoint, job_id, after, limit)], limit)
+
+    # ---- lmtailor's own jobs: evaluation -----------------------------------------------------------------
+
+    @app.post("/v1/lmtailor/jobs", dependencies=guard)
+    async def create_lmtailor_job(body: dict):
+        kind = body.get("type")
+        if kind != "eval":
+            raise ApiError(400, f"job type {kind!r}: lmtailor runs 'eval' jobs here (merge comes later)",
+                           param="type", code="unsupported_job_type")  # fmt: skip
+        from lmtailor.evaluate.runner import parse_endpoint
+        from lmtailor.evaluate.spec import EvalSpec
+
+        raw = dict(body.get("spec") or {})
+        if isinstance(raw.get("data"), str) and raw["data"].startswith("file-"):  # an uploaded file
+            raw["data"] = str(store.path(_file(store, raw["data"], "spec.data").path))
+        # the server's model names (tuned folders, ft: models) become what the job process can load
+        raw["models"] = [m if parse_endpoint(m) else _offered(pool, m) for m in raw.get("models") or []]
+        try:
+            spec = EvalSpec(**raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise ApiError(400, f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}", param="spec") from e
+        job = store.add(Job(id=new_id("evaljob"), kind="eval", status="queued", model=spec.models[-1],
+                            options=spec.model_dump(exclude={"output"}), created_at=now(), result_files=[],
+                            job_metadata=body.get("metadata")))  # fmt: skip
+        store.log(job.id, f"Created evaluation job: {job.id}")
+        worker.wake()
+        return _job_json(store, job)
+
+    @app.get("/v1/lmtailor/jobs/{job_id}", dependencies=guard)
+    async def get_lmtailor_job(job_id: str):
+        job = _job(store, job_id)
+        data = _job_json(store, job)
+        metrics = store.home / "jobs" / job.id / "eval" / "metrics.json"
+        if job.kind == "eval" and metrics.exists():
+            import json
+
+            data["result"] = json.loads(metrics.read_text(encoding="utf-8"))
+        return data
+
+
+def _options(extra: dict) -> dict:
+    """lmtailor's own TrainSpec keys, checked now so a typo is a 400 naming it, not a failed job later."""
+    from lmtailor.specs import TrainSpec
+
+    reserved = {"model", "data", "val_data", "output", "resume", "keep_checkpoints", "name"}
+    bad = sorted(set(extra) & reserved)
+    if bad:
+        raise ApiError(400, f"lmtailor.{bad[0]} is set by the job itself", param=f"lmtailor.{bad[0]}")
+    try:
+        TrainSpec(model="x", data="x", **extra)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(map(str, err["loc"]))
+        raise ApiError(400, f"lmtailor.{key}: {err['msg']}", param=f"lmtailor.{key}") from e
+    return extra
+
+
+def _offered(pool, model: str) -> str:
+    """What the job trains from: a model this server offers (catalog, tuned folder, or an earlier job's)."""
+    from lmtailor.serve.pool import ModelNotFound
+
+    try:
+        return pool.find(model).ref
+    except ModelNotFound as e:
+        raise ApiError(404, str(e), param="model", code="model_not_found") from e
+
+
+def _children(store: Store, cls, job_id: str, after: str | None, limit: int) -> list:
+    """A job's events or checkpoints, newest first, older than the one with id `after`; one extra for has_more."""
+    with store.session() as s:
+        q = select(cls).where(cls.job_id == job_id).order_by(cls.seq.desc())
+        if after:
+            mark = s.scalar(select(cls.seq).where(cls.id == after))
+            q = q.where(cls.seq < (mark if mark is not None else 0))
+        return list(s.scalars(q.limit(max(1, limit) + 1)))
+
+
+def _after(session, query, cls, after: str | None, order: str):
+    query = query.order_by(cls.seq.desc() if order == "desc" else cls.seq)
+    if after:
+        mark = session.scalar(select(cls.seq).where(cls.id == after))
+        if mark is not None:
+            query = query.where(cls.seq < mark if order == "desc" else cls.seq > mark)
+    return query
+
+
+def _page(items: list[dict], limit: int) -> dict:
+    limit = max(1, limit)
+    page = items[:limit]
+    return {"object": "list", "data": page, "has_more": len(items) > limit,
+            "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}  # fmt: skip
+
+
+def _file(store: Store, file_id: str, param: str = "file_id") -> StoredFile:
+    f = store.get(StoredFile, file_id)
+    if f is None or f.deleted:
+        raise ApiError(404, f"No such File object: {file_id}", param=param, code="file_not_found")
+    return f
+
+
+def _job(store: Store, job_id: str) -> Job:
+    job = store.get(Job, job_id)
+    if job is None:
+        raise ApiError(404, f"No such job: {job_id}", param="job_id", code="job_not_found")
+    return job
+
+
+def _file_json(f: StoredFile) -> dict:
+    return {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at, "filename": f.filename,
+            "purpose": f.purpose, "status": "processed", "status_details": None, "expires_at": None}  # fmt: skip
+
+
+def _job_json(store: Store, job: Job) -> dict:
+    hp = dict(job.hyperparameters or {})
+    if job.chosen:  # what "auto" became
+        hp.update(
+            {
+                k: v
+                for k, v in {
+                    "n_epochs": job.chosen.get("epochs"),
+                    "batch_size": job.chosen.get("batch_size"),
+                }.items()
+                if v is not None
+            }
+        )
+    return {
+        "id": job.id, "object": "fine_tuning.job", "created_at": job.created_at, "error": job.error,
+        "fine_tuned_model": job.fine_tuned_model, "finished_at": job.finished_at, "hyperparameters": hp,
+        "model": job.model, "organization_id": "lmtailor", "result_files": job.result_files or [],
+        "seed": job.seed, "status": job.status, "trained_tokens": job.trained_tokens,
+        "training_file": job.training_file, "validation_file": job.validation_file, "integrations": [],
+        "estimated_finish": None, "metadata": job.job_metadata, "method": job.method or None,
+        "user_provided_suffix": job.suffix, "lmtailor": {"kind": job.kind, "options": job.options,
+                                                         "chosen": job.chosen, "attempts": job.attempts},
+    }  # fmt: skip
+
+
+def _event_json(e: Event) -> dict:
+    return {"id": e.id, "object": "fine_tuning.job.event", "created_at": e.created_at, "level": e.level,
+            "message": e.message, "data": e.data, "type": e.type}  # fmt: skip
+
+
+def _checkpoint_json(c: Checkpoint) -> dict:
+    metrics = {k: v for k, v in (c.metrics or {}).items() if v is not None}
+    return {"id": c.id, "object": "fine_tuning.job.checkpoint", "created_at": c.created_at,
+            "fine_tuned_model_checkpoint": c.model, "fine_tuning_job_id": c.job_id, "metrics": metrics,
+            "step_number": c.step}  # fmt: skip

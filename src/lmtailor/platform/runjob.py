@@ -1,0 +1,276 @@
+"""One job in its own process: `python -m lmtailor.platform.runjob JOB_ID --home H --db URL`.
+
+The worker starts it; it validates the files, trains (or evaluates), streams events, metrics and
+checkpoints into the store, and writes the job's final status itself. A pause request is honoured at
+the next step: a checkpoint is saved and the process exits with the job `paused`. Cancellation is the
+worker's SIGTERM; a crash is the worker's to notice. Training always resumes from the job's last
+checkpoint when there is one, so a job restarted after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import traceback
+from pathlib import Path
+
+from lmtailor.errors import DataError, LmtailorError, SpecError
+from lmtailor.platform.store import Checkpoint, File, Job, Model, Store, new_id, now
+
+
+class Paused(Exception):
+    pass
+
+
+def fine_tuned_name(job: Job) -> str:
+    base = Path(job.model).name if "/" in job.model else job.model
+    return f"ft:{base}:{job.suffix or 'lmtailor'}:{job.id}"
+
+
+def job_dir(store: Store, job: Job) -> Path:
+    return store.home / "jobs" / job.id
+
+
+def run(store: Store, job_id: str) -> None:
+    job = store.get(Job, job_id)
+    try:
+        if job.kind == "eval":
+            _eval(store, job)
+        else:
+            _fine_tune(store, job)
+    except Paused:
+        store.update_job(job.id, status="paused", request=None, pid=None)
+        store.log(job.id, "Job paused at a checkpoint; resume continues from it")
+    except DataError as e:
+        _fail(store, job, "invalid_training_file", _name_file(store, job, str(e)), _param_of(store, job, e))
+    except SpecError as e:
+        _fail(store, job, "invalid_hyperparameters", str(e), "method")
+    except LmtailorError as e:
+        _fail(store, job, "job_failed", str(e), None)
+    except Exception as e:  # the traceback goes to the job's log file, the reason to the job
+        traceback.print_exc()
+        _fail(store, job, "internal_error", f"{type(e).__name__}: {e}", None)
+
+
+def _fail(store: Store, job: Job, code: str, message: str, param: str | None) -> None:
+    store.update_job(job.id, status="failed", finished_at=now(), pid=None, request=None,
+                     error={"code": code, "message": message, "param": param})  # fmt: skip
+    store.log(job.id, f"Job failed: {message}", level="error")
+
+
+def _param_of(store: Store, job: Job, e: DataError) -> str:
+    val = store.get(File, job.validation_file) if job.validation_file else None
+    return (
+        "validation_file" if val and e.path and Path(e.path).name == Path(val.path).name else "training_file"
+    )
+
+
+def _name_file(store: Store, job: Job, message: str) -> str:
+    """Bad-row messages name the uploaded file (its id and name), not its path inside the home."""
+    for file_id in (job.training_file, job.validation_file):
+        f = store.get(File, file_id) if file_id else None
+        if f:
+            message = message.replace(str(store.path(f.path)), f"{f.id} ({f.filename})")
+    return message
+
+
+def train_spec(store: Store, job: Job, out: Path):
+    """The TrainSpec of a fine-tuning job: OpenAI's hyperparameters ("auto" = lmtailor's rule), then
+    lmtailor's own options from the job's `lmtailor` extension."""
+    from lmtailor.specs import TrainSpec
+
+    hp = job.hyperparameters or {}
+    auto = lambda k: None if hp.get(k, "auto") == "auto" else hp[k]  # noqa: E731
+    train = store.get(File, job.training_file)
+    val = store.get(File, job.validation_file) if job.validation_file else None
+    multiplier = auto("learning_rate_multiplier")
+    keys = {
+        "model": job.base_ref or job.model,
+        "data": str(store.path(train.path)),
+        "val_data": str(store.path(val.path)) if val else None,
+        "output": str(out),
+        "epochs": auto("n_epochs"),
+        "batch_size": auto("batch_size"),
+        "learning_rate_multiplier": float(multiplier) if multiplier is not None else 1.0,
+        "seed": job.seed,
+        "keep_checkpoints": True,
+        "save_total_limit": 3,  # as OpenAI keeps: the last three
+        "resume": True,  # a no-op on a first run; after a crash or a pause it continues from the checkpoint
+        **(job.options or {}),
+    }
+    return TrainSpec(**{k: v for k, v in keys.items() if v is not None})
+
+
+def _fine_tune(store: Store, job: Job) -> None:
+    from lmtailor.data.formats import load_records
+    from lmtailor.train.sft import run_sft
+
+    store.update_job(job.id, status="validating_files")
+    store.log(job.id, "Validating training file: " + job.training_file)
+    out = job_dir(store, job) / "model"
+    spec = train_spec(store, job, out)
+    n_rows = len(load_records(spec.data, spec.format, on_error="fail").records)  # bad lines: DataError
+    if spec.val_data:
+        load_records(spec.val_data, spec.format, on_error="fail")
+    store.log(job.id, f"Files validated: {n_rows} training rows")
+    store.update_job(
+        job.id, status="running", started_at=job.started_at or now(), output=store.rel(job_dir(store, job))
+    )
+    store.log(
+        job.id,
+        "Fine-tuning job started"
+        if not _has_checkpoint(out)
+        else "Fine-tuning job resumed from its last checkpoint",
+    )
+    name = fine_tuned_name(job)
+    from lmtailor.models.catalog import resolve
+
+    callback = JobCallback(store, job.id, name, out, str(resolve(spec.model, store.home).path))
+    run_sft(spec, home=store.home, progress=False, log=lambda line: None, callbacks=[callback])
+    card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
+    _register(store, name, job.id, out, card, callback.last_loss)
+    results = _results_file(store, job, out)
+    store.update_job(job.id, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None,
+                     trained_tokens=int(card["metrics"].get("trained_tokens") or 0), result_files=[results],
+                     chosen={k: card["hyperparameters"].get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy")})  # fmt: skip
+    store.log(job.id, f"New fine-tuned model created: {name}")
+    store.log(job.id, "The job has successfully completed")
+
+
+def _has_checkpoint(out: Path) -> bool:
+    return any((out / "checkpoints").glob("checkpoint-*"))
+
+
+def _register(store: Store, name: str, job_id: str, folder: Path, card: dict | None, loss) -> None:
+    """A servable model row: LoRA weights as an adapter on the base, anything else as full weights."""
+    adapter = None
+    if (folder / "adapter_config.json").exists():
+        adapter = folder
+    elif card and card.get("adapter") and (folder / card["adapter"] / "adapter_config.json").exists():
+        adapter = folder / card["adapter"]
+    base = card.get("base_path") if card else None
+    with store.session() as s, s.begin():
+        s.merge(Model(name=name, job_id=job_id, path=store.rel(folder), adapter=store.rel(adapter) if adapter else None,
+                      base_path=base if adapter else None, created_at=now(), loss=loss))  # fmt: skip
+
+
+def _results_file(store: Store, job: Job, out: Path) -> str:
+    """metrics.jsonl as the CSV OpenAI gives as a `fine-tune-results` file."""
+    from lmtailor.train.callbacks import read_metrics
+
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "step" in r]
+    fields = ["step", "train_loss", "learning_rate", "valid_loss", "epoch"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({"step": r.get("step"), "train_loss": r.get("loss"), "learning_rate": r.get("learning_rate"),
+                         "valid_loss": r.get("eval_loss"), "epoch": r.get("epoch")})  # fmt: skip
+    data = buf.getvalue().encode()
+    file_id = new_id("file")
+    rel = f"files/{file_id}.csv"
+    from lmtailor.home import atomic_write_text
+
+    atomic_write_text(store.path(rel), data.decode())
+    store.add(File(id=file_id, filename="step_metrics.csv", purpose="fine-tune-results", bytes=len(data),
+                   created_at=now(), path=rel))  # fmt: skip
+    return file_id
+
+
+def _eval(store: Store, job: Job) -> None:
+    from lmtailor.evaluate.runner import run_eval
+    from lmtailor.evaluate.spec import EvalSpec
+
+    out = job_dir(store, job) / "eval"
+    spec = EvalSpec(**{**job.options, "output": str(out)})
+    store.update_job(job.id, status="running", started_at=now(), output=store.rel(job_dir(store, job)))
+    store.log(job.id, "Evaluation started")
+    result = run_eval(spec, home=store.home, log=lambda line: store.log(job.id, line))
+    summary = {m["name"]: {k: v["value"] for k, v in m["scores"].items()} for m in result["models"]}
+    store.log(job.id, "Evaluation finished", data=summary)
+    store.update_job(job.id, status="succeeded", finished_at=now(), pid=None)
+
+
+class JobCallback:
+    """Trainer callback: metrics as events, checkpoints as servable models, pause requests honoured."""
+
+    def __new__(cls, *args, **kwargs):
+        from transformers import TrainerCallback
+
+        class _Callback(TrainerCallback):
+            def __init__(self, store: Store, job_id: str, name: str, out: Path, base_path: str):
+                self.store, self.job_id, self.name, self.out = store, job_id, name, out
+                self.base_path = base_path  # LoRA checkpoints are served as adapters on it
+                self.last_loss = None
+                self.pausing = False
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                logs = logs or {}
+                if "loss" not in logs and "eval_loss" not in logs:
+                    return
+                self.last_loss = logs.get("loss", self.last_loss)
+                data = {"step": state.global_step, "total_steps": state.max_steps}
+                if "loss" in logs:
+                    data["train_loss"] = logs["loss"]
+                if "eval_loss" in logs:
+                    data["valid_loss"] = logs["eval_loss"]
+                if "learning_rate" in logs:
+                    data["learning_rate"] = logs["learning_rate"]
+                text = ", ".join(f"{k}={v:.4g}" for k, v in data.items() if k.endswith(("loss", "rate")))
+                self.store.log(self.job_id, f"Step {state.global_step}/{state.max_steps}: {text}", type="metrics",
+                               data=data)  # fmt: skip
+
+            def on_step_end(self, args, state, control, **kw):
+                job = self.store.get(Job, self.job_id)
+                if job.request == "pause" and state.global_step < state.max_steps:
+                    self.pausing = True
+                    control.should_save = True  # on_save below then stops the run
+
+            def on_save(self, args, state, control, **kw):
+                folder = self.out / "checkpoints" / f"checkpoint-{state.global_step}"
+                name = f"{self.name}:ckpt-step-{state.global_step}"
+                card = {"base_path": self.base_path, "adapter": None}
+                _register(self.store, name, self.job_id, folder, card, self.last_loss)
+                self.store.add(Checkpoint(id=new_id("ftckpt"), job_id=self.job_id, step=state.global_step,
+                                          created_at=now(), model=name, path=self.store.rel(folder),
+                                          metrics={"step": state.global_step, "train_loss": self.last_loss}))  # fmt: skip
+                self.store.log(self.job_id, f"Checkpoint created at step {state.global_step}: {name}")
+                _forget_rotated(self.store, self.job_id)
+                if self.pausing:
+                    raise Paused()
+
+        return _Callback(*args, **kwargs)
+
+
+def _forget_rotated(store: Store, job_id: str) -> None:
+    """The trainer keeps the last few checkpoints on disk (save_total_limit): drop the rows of deleted ones,
+    so every listed checkpoint can be served."""
+    from sqlalchemy import select
+
+    with store.session() as s, s.begin():
+        for c in s.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id)):
+            if not store.path(c.path).is_dir():
+                model = s.get(Model, c.model)
+                if model:
+                    s.delete(model)
+                s.delete(c)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("job_id")
+    ap.add_argument("--home", required=True)
+    ap.add_argument("--db")
+    args = ap.parse_args()
+    if "OMP_NUM_THREADS" in os.environ:
+        import torch
+
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    run(Store(args.home, args.db), args.job_id)
+
+
+if __name__ == "__main__":
+    main()

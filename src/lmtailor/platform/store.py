@@ -1,0 +1,210 @@
+"""The store: files, jobs, events, checkpoints and models, on SQLAlchemy (SQLite under the home by default).
+
+The server and each job process open the same database; SQLite runs in WAL mode with a busy timeout so
+they do not lock each other out. The schema carries a version; `upgrade` brings an older database forward
+step by step, so an old home stays readable.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, create_engine, event, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from lmtailor.home import home_dir
+
+SCHEMA_VERSION = 1
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class File(Base):
+    __tablename__ = "files"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, index=True)  # order of creation, for `after` cursors
+    filename: Mapped[str] = mapped_column(Text)
+    purpose: Mapped[str] = mapped_column(String(64), index=True)
+    bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)  # relative to the home
+    deleted: Mapped[bool] = mapped_column(default=False)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # fine_tune | eval
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    model: Mapped[str] = mapped_column(Text)  # as the client named it
+    base_ref: Mapped[str | None] = mapped_column(Text)  # what models.catalog.resolve loads for it
+    training_file: Mapped[str | None] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64))
+    method: Mapped[dict] = mapped_column(JSON, default=dict)
+    hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)  # as asked ("auto" or numbers)
+    options: Mapped[dict] = mapped_column(JSON, default=dict)  # lmtailor's own spec keys / an eval spec
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer, default=0)
+    job_metadata: Mapped[dict | None] = mapped_column("metadata", JSON)
+    created_at: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[int | None] = mapped_column(Integer)
+    fine_tuned_model: Mapped[str | None] = mapped_column(Text)
+    trained_tokens: Mapped[int | None] = mapped_column(Integer)
+    result_files: Mapped[list] = mapped_column(JSON, default=list)
+    error: Mapped[dict | None] = mapped_column(JSON)
+    request: Mapped[str | None] = mapped_column(String(16))  # cancel | pause: asked, not yet done
+    pid: Mapped[int | None] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    output: Mapped[str | None] = mapped_column(Text)  # the job's folder, relative to the home
+    chosen: Mapped[dict | None] = mapped_column(JSON)  # hyperparameters lmtailor used
+
+
+class Event(Base):
+    __tablename__ = "events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(16), default="info")
+    type: Mapped[str] = mapped_column(String(16), default="message")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict | None] = mapped_column(JSON)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(Text)  # the servable name
+    path: Mapped[str] = mapped_column(Text)  # relative to the home
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Model(Base):
+    """A model made by a job (a fine-tuned model or a checkpoint), servable by name."""
+
+    __tablename__ = "models"
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)  # relative to the home
+    adapter: Mapped[str | None] = mapped_column(
+        Text
+    )  # adapter folder relative to the home, if served on a base
+    base_path: Mapped[str | None] = mapped_column(Text)  # absolute folder of the base weights
+    created_at: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class Store:
+    def __init__(self, home=None, url: str | None = None):
+        self.home = home_dir(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.url = url or f"sqlite:///{self.home / 'lmtailor.db'}"
+        sqlite = self.url.startswith("sqlite")
+        self.engine = create_engine(self.url, connect_args={"timeout": 30} if sqlite else {})
+        if sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+        upgrade(self.engine)
+
+    def path(self, relative: str) -> Path:
+        return self.home / relative
+
+    def rel(self, path: Path) -> str:
+        return str(Path(path).resolve().relative_to(self.home.resolve()))
+
+    # ---- small helpers used by the API, the worker and the job process ----------------------------------
+
+    def get(self, cls, key):
+        with self.session() as s:
+            return s.get(cls, key)
+
+    def add(self, obj) -> Any:
+        with self.session() as s, s.begin():
+            if isinstance(obj, File | Job) and obj.seq is None:  # events and checkpoints count by themselves
+                obj.seq = (s.scalar(select(type(obj).seq).order_by(type(obj).seq.desc()).limit(1)) or 0) + 1
+            s.add(obj)
+        return obj
+
+    def update_job(self, job_id: str, **values) -> Job:
+        with self.session() as s, s.begin():
+            job = s.get(Job, job_id)
+            for k, v in values.items():
+                setattr(job, k, v)
+        return job
+
+    def log(self, job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> None:
+        self.add(Event(id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, type=type,
+                       message=message, data=data))  # fmt: skip
+
+    def jobs(self, statuses: tuple[str, ...] | None = None) -> list[Job]:
+        with self.session() as s:
+            q = select(Job).order_by(Job.seq)
+            if statuses:
+                q = q.where(Job.status.in_(statuses))
+            return list(s.scalars(q))
+
+    def models(self) -> list[Model]:
+        with self.session() as s:
+            return list(s.scalars(select(Model).order_by(Model.created_at)))
+
+
+def _sqlite_pragmas(conn, _record) -> None:
+    cur = conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer (server + job processes)
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+# Upgrades from version N-1 to N, applied in order. Version 1 is the first schema: create_all makes it.
+UPGRADES: dict[int, list[str]] = {}
+
+
+def upgrade(engine) -> int:
+    """Create missing tables, then apply each upgrade above the stored version; returns the version."""
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        row = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).first()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            from lmtailor.errors import LmtailorError
+
+            raise LmtailorError(
+                f"this home's database has schema version {version}, newer than this lmtailor "
+                f"({SCHEMA_VERSION}): upgrade lmtailor"
+            )
+        for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+            for statement in UPGRADES.get(v, []):
+                conn.execute(text(statement))
+        value = json.dumps(SCHEMA_VERSION)
+        if row:
+            conn.execute(text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": value})
+        else:
+            conn.execute(text("INSERT INTO meta (key, value) VALUES ('schema_version', :v)"), {"v": value})
+    return SCHEMA_VERSION

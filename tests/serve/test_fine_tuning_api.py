@@ -1,0 +1,301 @@
+"""OpenAI's files and fine-tuning jobs API through the official SDK, against a real server with a job worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+ROWS = [("What is the capital of France?", "Paris."), ("Who wrote Hamlet?", "William Shakespeare."),
+        ("中国的首都是哪里？", "北京。"), ("What is the largest ocean?", "The Pacific Ocean.")] * 4  # fmt: skip
+
+
+def chat_file(path: Path, rows=ROWS) -> Path:
+    lines = [json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+                        ensure_ascii=False) for q, a in rows]  # fmt: skip
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def wait_for(client, job_id: str, statuses: tuple[str, ...], timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
+
+
+def wait_until(check, timeout: float = 300, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def platform(lively_llama_dir, tmp_path_factory, server_class):
+    """A server with the job store and worker (one job at a time), serving the tiny Llama."""
+    from lmtailor.platform.store import Store
+    from lmtailor.platform.worker import Worker
+    from lmtailor.serve.app import create_app
+    from lmtailor.serve.pool import ModelPool
+
+    home = tmp_path_factory.mktemp("platform-home")
+    store = Store(home)
+    worker = Worker(store, workers=1, poll=0.2)
+    pool = ModelPool(
+        home=home, models=[str(lively_llama_dir)], engine="transformers", dtype="float32", store=store
+    )
+    server = server_class(create_app(pool, store=store, worker=worker, max_upload=1_000_000), pool)
+    worker.start()
+    server.store = store
+    yield server
+    server.stop()
+    worker.stop()
+
+
+def test_upload_train_poll_events_checkpoints_then_chat(platform, lively_llama_dir, tmp_path):
+    client = platform.client()
+    uploaded = client.files.create(file=open(chat_file(tmp_path / "train.jsonl"), "rb"), purpose="fine-tune")
+    assert uploaded.object == "file" and uploaded.purpose == "fine-tune" and uploaded.bytes > 100
+    assert uploaded.id in [f.id for f in client.files.list(purpose="fine-tune")]
+    job = client.fine_tuning.jobs.create(
+        model=lively_llama_dir.name, training_file=uploaded.id, suffix="capitals", seed=3,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 3, "batch_size": 4,
+                                                                         "learning_rate_multiplier": 2.0}}},
+        metadata={"team": "search"}, extra_body={"lmtailor": {"strategy": "lora", "lora_r": 4, "save_steps": 4}},
+    )  # fmt: skip
+    assert job.status == "queued" and job.object == "fine_tuning.job"
+    done = wait_for(client, job.id, ("succeeded", "failed", "cancelled"))
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:{lively_llama_dir.name}:capitals:{job.id}"
+    assert done.trained_tokens > 0 and done.hyperparameters.n_epochs == 3
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "search"})] == [job.id]
+    assert client.fine_tuning.jobs.list(metadata={"team": "other"}).data == []
+
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=2))  # auto-paginated, 2 a page
+    messages = [e.message for e in events]
+    assert messages[0] == "The job has successfully completed" and messages[-1].startswith(
+        "Created fine-tuning job"
+    )
+    assert len({e.id for e in events}) == len(events) > 6
+    assert any(e.type == "metrics" and e.data["train_loss"] > 0 for e in events)
+
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoints and checkpoints[0].step_number >= checkpoints[-1].step_number
+    assert all(
+        c.fine_tuned_model_checkpoint.startswith(done.fine_tuned_model + ":ckpt-step-") for c in checkpoints
+    )
+
+    listed = {m.id for m in client.models.list()}
+    assert done.fine_tuned_model in listed and checkpoints[0].fine_tuned_model_checkpoint in listed
+    hi = [{"role": "user", "content": "What is the capital of France?"}]
+    tuned = client.chat.completions.create(
+        model=done.fine_tuned_model, messages=hi, max_tokens=8, temperature=0
+    )
+    assert tuned.choices[0].message.content
+    ckpt = client.chat.completions.create(model=checkpoints[-1].fine_tuned_model_checkpoint, messages=hi,
+                                          max_tokens=8, temperature=0)  # fmt: skip
+    assert ckpt.choices[0].message.content
+
+    results = client.files.content(done.result_files[0]).text
+    assert (
+        results.splitlines()[0] == "step,train_loss,learning_rate,valid_loss,epoch"
+        and len(results.splitlines()) > 2
+    )
+
+
+def test_bad_training_file_fails_the_job_naming_its_lines(platform, lively_llama_dir, tmp_path):
+    client = platform.client()
+    bad = tmp_path / "bad.jsonl"
+    good = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    )
+    bad.write_text(
+        good
+        + "\n{not json\n"
+        + good
+        + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "x"}]})
+        + "\n"
+    )
+    f = client.files.create(file=("bad.jsonl", bad.read_bytes()), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id)
+    failed = wait_for(client, job.id, ("failed", "succeeded"))
+    assert failed.status == "failed" and failed.error.code == "invalid_training_file"
+    assert failed.error.param == "training_file"
+    assert (
+        f"{f.id} (bad.jsonl):2:" in failed.error.message and f"{f.id} (bad.jsonl):4:" in failed.error.message
+    )
+
+
+def test_requests_the_jobs_api_refuses(platform, lively_llama_dir, tmp_path):
+    client = platform.client()
+    f = client.files.create(file=open(chat_file(tmp_path / "t.jsonl"), "rb"), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id,
+                                       method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})  # fmt: skip
+    assert e.value.code == "unsupported_method"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=f.id)
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file="file-nope")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(
+            model=lively_llama_dir.name, training_file=f.id, hyperparameters={"n_epochs": 0}
+        )
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id,
+                                       extra_body={"lmtailor": {"lora_rank": 8}})  # fmt: skip
+    assert e.value.body["param"] == "lmtailor.lora_rank"
+    with pytest.raises(openai.APIStatusError) as e:
+        client.files.create(file=("big.jsonl", b"x" * 1_100_000), purpose="fine-tune")
+    assert e.value.status_code == 413
+    assert client.files.delete(f.id).deleted and f.id not in [x.id for x in client.files.list()]
+
+
+def _long_job(client, model: str, tmp_path: Path, name: str, epochs: int = 60):
+    """32 steps an epoch, a checkpoint every 5 steps."""
+    f = client.files.create(
+        file=open(chat_file(tmp_path / f"{name}.jsonl", ROWS * 4), "rb"), purpose="fine-tune"
+    )
+    return client.fine_tuning.jobs.create(model=model, training_file=f.id,
+                                          hyperparameters={"n_epochs": epochs, "batch_size": 2},
+                                          extra_body={"lmtailor": {"save_steps": 5, "packing": False}})  # fmt: skip
+
+
+def _steps(client, job_id: str) -> int:
+    events = client.fine_tuning.jobs.list_events(job_id, limit=50).data
+    return max([e.data["step"] for e in events if e.type == "metrics"] or [0])
+
+
+def test_cancel_a_running_job_keeps_its_checkpoints(platform, lively_llama_dir, tmp_path):
+    client = platform.client()
+    job = _long_job(client, lively_llama_dir.name, tmp_path, "cancel")
+    wait_until(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, what="a first checkpoint")
+    client.fine_tuning.jobs.cancel(job.id)
+    cancelled = wait_for(client, job.id, ("cancelled", "failed", "succeeded"), timeout=60)
+    assert cancelled.status == "cancelled"
+    kept = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert kept and all(Path(platform.store.home, "jobs", job.id, "model", "checkpoints",
+                             f"checkpoint-{c.step_number}").is_dir() for c in kept[:1])  # fmt: skip
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.cancel(job.id)
+
+
+def test_pause_then_resume_continues_from_the_checkpoint(platform, lively_llama_dir, tmp_path):
+    client = platform.client()
+    job = _long_job(client, lively_llama_dir.name, tmp_path, "pause")
+    wait_until(lambda: _steps(client, job.id) >= 3, what="training steps")
+    client.fine_tuning.jobs.pause(job.id)
+    paused = wait_for(client, job.id, ("paused", "failed"), timeout=120)
+    assert paused.status == "paused"
+    at = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number
+    time.sleep(1.5)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"  # stays paused: nothing runs it
+    client.fine_tuning.jobs.resume(job.id)
+    wait_until(lambda: _steps(client, job.id) > at, what="steps after the resume")
+    client.fine_tuning.jobs.cancel(job.id)  # the rest of the 60 epochs is not the point
+    wait_for(client, job.id, ("cancelled",), timeout=60)
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert "Fine-tuning job resumed from its last checkpoint" in messages
+    resumed_steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)
+                     if e.type == "metrics"]  # fmt: skip
+    assert at in resumed_steps or min(s for s in resumed_steps if s > at) <= at + 10  # went on, not from 0
+
+
+def test_a_killed_server_resumes_its_job_after_restart(lively_llama_dir, tmp_path):
+    """SIGKILL the server mid-job; started again, the job resumes from its checkpoint and nothing is lost."""
+    home = tmp_path / "home"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "LMTAILOR_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lmtailor.cli", "serve", "--model", str(lively_llama_dir), "--port", str(port),
+           "--dtype", "float32"]  # fmt: skip
+
+    def start():
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_until(lambda: _healthy(port), timeout=120, what="the server")
+        return proc
+
+    server = start()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+    try:
+        job = _long_job(client, lively_llama_dir.name, tmp_path, "killed", epochs=6)
+        wait_until(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, what="a checkpoint")
+        before = client.fine_tuning.jobs.retrieve(job.id)
+        server.send_signal(signal.SIGKILL)
+        server.wait(30)
+        server = start()
+        done = wait_for(client, job.id, ("succeeded", "failed", "cancelled"), timeout=600)
+        assert done.status == "succeeded", done.error
+        messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)]
+        assert "The server restarted during this job; it will resume from its last checkpoint" in messages
+        assert "Fine-tuning job resumed from its last checkpoint" in messages
+        assert job.training_file in [f.id for f in client.files.list()]
+        assert done.fine_tuned_model in [m.id for m in client.models.list()]
+        assert before.lmtailor["attempts"] == 1 and done.lmtailor["attempts"] == 2
+    finally:
+        server.kill()
+        server.wait(30)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_evaluation_jobs_and_the_jobs_cli(platform, lively_llama_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from lmtailor.cli import app
+
+    client = platform.client()
+    rows = [{"messages": [{"role": "user", "content": q}], "reference": a} for q, a in ROWS[:4]]
+    data = client.files.create(file=("test.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode()),
+                               purpose="evals")  # fmt: skip
+    spec = {
+        "models": [lively_llama_dir.name],
+        "data": data.id,
+        "metrics": ["contains", "chrf"],
+        "max_new_tokens": 6,
+    }
+    created = httpx.post(
+        platform.url + "/v1/lmtailor/jobs", json={"type": "eval", "spec": spec}, timeout=30
+    ).json()
+    done = wait_for(client, created["id"], ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    result = httpx.get(platform.url + f"/v1/lmtailor/jobs/{created['id']}", timeout=30).json()["result"]
+    assert result["data"]["rows"] == 4 and set(result["models"][0]["scores"]) == {"contains", "chrf"}
+    refused = httpx.post(platform.url + "/v1/lmtailor/jobs", json={"type": "merge"}, timeout=30)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_job_type"
+
+    runner = CliRunner()
+    url = ["--url", platform.url + "/v1"]
+    listed = runner.invoke(app, ["jobs", "list", *url], env={"COLUMNS": "250"})
+    assert listed.exit_code == 0 and "succeeded" in listed.output
+    job_id = client.fine_tuning.jobs.list().data[-1].id
+    logs = runner.invoke(app, ["jobs", "logs", job_id, *url], env={"COLUMNS": "250"})
+    assert logs.exit_code == 0 and "Created fine-tuning job" in logs.output.splitlines()[0]
+    shown = runner.invoke(app, ["jobs", "show", job_id, *url], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0 and job_id in shown.output
+    missing = runner.invoke(app, ["jobs", "show", "ftjob-nope", *url])
+    assert missing.exit_code == 1 and "404" in missing.output

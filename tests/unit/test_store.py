@@ -1,0 +1,43 @@
+"""The job store: rows survive reopening, the schema version is kept, a newer database is refused."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from lmtailor.errors import LmtailorError
+from lmtailor.platform.store import SCHEMA_VERSION, File, Job, Store, new_id, now
+
+
+def test_rows_survive_reopening_and_the_version_is_recorded(tmp_path):
+    store = Store(tmp_path)
+    f = store.add(File(id=new_id("file"), filename="t.jsonl", purpose="fine-tune", bytes=3, created_at=now(),
+                       path="files/x.jsonl"))  # fmt: skip
+    job = store.add(Job(id=new_id("ftjob"), kind="fine_tune", status="queued", model="m", created_at=now(),
+                        training_file=f.id, result_files=[]))  # fmt: skip
+    second = store.add(Job(id=new_id("ftjob"), kind="fine_tune", status="queued", model="m", created_at=now(),
+                           result_files=[]))  # fmt: skip
+    store.log(job.id, "hello", data={"step": 1})
+    again = Store(tmp_path)
+    assert again.get(File, f.id).filename == "t.jsonl"
+    assert [j.id for j in again.jobs()] == [job.id, second.id] and second.seq == job.seq + 1
+    with again.engine.connect() as conn:
+        assert conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).scalar() == str(
+            SCHEMA_VERSION
+        )
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_a_database_from_a_newer_lmtailor_is_refused(tmp_path):
+    store = Store(tmp_path)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE meta SET value = '99' WHERE key = 'schema_version'"))
+    with pytest.raises(LmtailorError, match="schema version 99"):
+        Store(tmp_path)
+
+
+def test_any_database_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    store = Store(tmp_path / "home", url)
+    store.add(File(id="file-1", filename="a", purpose="fine-tune", bytes=1, created_at=now(), path="files/a"))
+    assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "home" / "lmtailor.db").exists()
