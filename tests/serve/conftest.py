@@ -64,7 +64,7 @@ def start_server():
 
 @pytest.fixture(scope="session")
 def lora_tuned_dir(lively_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real tuned model folder: LoRA on the tiny Llama (adapter/ + merged weights + lmtailor.json)."""
+    """A real tuned model folder: LoRA on the tiny Llama, a "." in its name as in ft:qwen2.5-… ids (adapter/ + merged weights + lmtailor.json)."""
     from lmtailor.specs import TrainSpec
     from lmtailor.train.sft import run_sft
 
@@ -74,10 +74,10 @@ def lora_tuned_dir(lively_llama_dir: Path, tmp_path_factory: pytest.TempPathFact
     data = root / "chat.jsonl"
     data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant",
                     "content": a}]}, ensure_ascii=False) + "\n" for q, a in rows), encoding="utf-8")  # fmt: skip
-    spec = TrainSpec(model=str(lively_llama_dir), data=str(data), output=str(root / "tuned-lora"), strategy="lora",
+    spec = TrainSpec(model=str(lively_llama_dir), data=str(data), output=str(root / "tuned-v0.5-lora"), strategy="lora",
                      epochs=3, learning_rate=5e-2, batch_size=4, lora_r=8, neftune_alpha=0)  # fmt: skip
     run_sft(spec, home=root / "home")
-    return root / "tuned-lora"
+    return root / "tuned-v0.5-lora"
 
 
 @pytest.fixture(scope="module")

@@ -116,6 +116,14 @@ def test_errors_have_openai_shape_and_status(server, lively_llama_dir):
     assert raw.status_code == 400 and raw.json()["error"]["type"] == "invalid_request_error"
     big = httpx.post(server.url + "/v1/chat/completions", content=b"x" * (9 * 2**20), timeout=30)
     assert big.status_code == 413 and "error" in big.json()
+    chunked = httpx.post(server.url + "/v1/chat/completions", content=iter([b"x" * 2**20] * 9), timeout=30)
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "body_too_large"
+    for prompt, said in (([], "empty"), ([1, 2, 10**9], "vocabulary"), ("", "empty")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model=lively_llama_dir.name, prompt=prompt, max_tokens=2)
+        assert e.value.body["param"] == "prompt" and said in e.value.body["message"]
+    # the bad requests failed alone: the engine still answers
+    assert client.completions.create(model=lively_llama_dir.name, prompt=[1, 2], max_tokens=2).choices
 
 
 def test_eight_concurrent_streams_each_get_their_own_answer(server, lively_llama_dir, lively_qwen2_dir):

@@ -246,11 +246,14 @@ def test_a_killed_server_resumes_its_job_after_restart(lively_llama_dir, tmp_pat
         done = wait_for(client, job.id, ("succeeded", "failed", "cancelled"), timeout=600)
         assert done.status == "succeeded", done.error
         messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)]
-        assert "The server restarted during this job; it will resume from its last checkpoint" in messages
+        assert (
+            "The server restarted during this job; the job will resume from its last checkpoint" in messages
+        )
         assert "Fine-tuning job resumed from its last checkpoint" in messages
         assert job.training_file in [f.id for f in client.files.list()]
         assert done.fine_tuned_model in [m.id for m in client.models.list()]
         assert before.lmtailor["attempts"] == 1 and done.lmtailor["attempts"] == 2
+        assert done.lmtailor["interruptions"] == 1
     finally:
         server.kill()
         server.wait(30)
@@ -287,14 +290,24 @@ def test_evaluation_jobs_and_the_jobs_cli(platform, lively_llama_dir, tmp_path):
     assert result["data"]["rows"] == 4 and set(result["models"][0]["scores"]) == {"contains", "chrf"}
     refused = httpx.post(platform.url + "/v1/lmtailor/jobs", json={"type": "merge"}, timeout=30)
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_job_type"
+    # over the API a job reads only uploaded files and cannot turn on model code or pick the key it sends
+    for bad, param in (({"data": "/etc/passwd"}, "spec.data"), ({"trust_remote_code": True}, "spec.trust_remote_code"),
+                       ({"api_key_env": "AWS_SECRET"}, "spec.api_key_env"), ({"models": ["openai:@x"]}, "spec.models[0]"),
+                       ({"judge_model": "no-such-model", "metrics": ["judge"]}, "spec.judge_model")):  # fmt: skip
+        r = httpx.post(
+            platform.url + "/v1/lmtailor/jobs", json={"type": "eval", "spec": {**spec, **bad}}, timeout=30
+        )
+        assert r.status_code in (400, 404) and r.json()["error"]["param"] == param, (bad, r.text)
 
     runner = CliRunner()
     url = ["--url", platform.url + "/v1"]
     listed = runner.invoke(app, ["jobs", "list", *url], env={"COLUMNS": "250"})
     assert listed.exit_code == 0 and "succeeded" in listed.output
-    job_id = client.fine_tuning.jobs.list().data[-1].id
+    assert "eval" in listed.output and created["id"] in listed.output
+    job_id = created["id"]
     logs = runner.invoke(app, ["jobs", "logs", job_id, *url], env={"COLUMNS": "250"})
-    assert logs.exit_code == 0 and "Created fine-tuning job" in logs.output.splitlines()[0]
+    assert logs.exit_code == 0 and "Created evaluation job" in logs.output.splitlines()[0]
+    assert "Evaluation finished" in logs.output
     shown = runner.invoke(app, ["jobs", "show", job_id, *url], env={"COLUMNS": "250"})
     assert shown.exit_code == 0 and job_id in shown.output
     missing = runner.invoke(app, ["jobs", "show", "ftjob-nope", *url])

@@ -69,6 +69,10 @@ def test_resumed_run_equals_uninterrupted_run(tiny_llama_dir, tiny_chat_file, tm
     b = tmp_path / "b"
     assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["checkpoint-2"]
     assert not (b / "lmtailor.json").exists() and not (b / "model.safetensors").exists()
+    # a process killed while saving the next checkpoint leaves its folder without trainer_state.json
+    half = b / "checkpoints" / "checkpoint-4"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\0" * 64)
 
     logs: list[str] = []
     assert (

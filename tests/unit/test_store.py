@@ -41,3 +41,34 @@ def test_any_database_url(tmp_path):
     store = Store(tmp_path / "home", url)
     store.add(File(id="file-1", filename="a", purpose="fine-tune", bytes=1, created_at=now(), path="files/a"))
     assert (tmp_path / "elsewhere.db").exists() and not (tmp_path / "home" / "lmtailor.db").exists()
+
+
+def test_status_changes_hold_only_from_the_status_they_expect(tmp_path):
+    """The API, the worker and the job process race on a job: a change made from a stale read is refused."""
+    store = Store(tmp_path)
+    job = store.add(Job(id=new_id("ftjob"), kind="fine_tune", status="queued", model="m", created_at=now(),
+                        result_files=[]))  # fmt: skip
+    assert store.transition(job.id, ("queued",), status="validating_files", attempts=1)
+    assert not store.transition(
+        job.id, ("queued", "paused"), status="cancelled"
+    )  # the worker claimed it first
+    assert store.ask(job.id, "cancel")
+    assert not store.ask(job.id, "pause")  # a pending cancel is never replaced by a pause
+    assert store.get(Job, job.id).request == "cancel"
+    assert store.transition(job.id, ("validating_files", "running"), status="succeeded")
+    assert not store.ask(job.id, "cancel")  # nothing to cancel any more
+    assert store.get(Job, job.id).status == "succeeded"
+
+
+def test_concurrent_adds_take_distinct_sequence_numbers(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    stores = [Store(tmp_path) for _ in range(4)]  # as the server and job processes: one engine each
+
+    def add(i):
+        return stores[i % 4].add(File(id=new_id("file"), filename=f"{i}", purpose="fine-tune", bytes=1,
+                                      created_at=now(), path=f"files/{i}")).seq  # fmt: skip
+
+    with ThreadPoolExecutor(8) as pool:
+        seqs = list(pool.map(add, range(40)))
+    assert sorted(seqs) == list(range(1, 41))

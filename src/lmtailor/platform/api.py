@@ -15,12 +15,15 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import select
 
+from lmtailor.errors import ModelError
 from lmtailor.platform.store import Checkpoint, Event, Job, Store, new_id, now
 from lmtailor.platform.store import File as StoredFile
 from lmtailor.serve.protocol import ApiError
 
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "vision", "user_data", "evals")
-FINAL = ("succeeded", "failed", "cancelled")
+# The key eval jobs created over the API send to `openai:` endpoints: whoever may create jobs may send it to
+# any URL, so the server's operator sets it on purpose, apart from OPENAI_API_KEY.
+ENDPOINT_KEY_ENV = "LMTAILOR_ENDPOINT_API_KEY"
 UNSUPPORTED = {"dpo": "preference (DPO)", "reinforcement": "reinforcement"}
 
 
@@ -90,6 +93,7 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
     @app.get("/v1/files", dependencies=guard)
     async def list_files(purpose: str | None = None, limit: int = 10000, after: str | None = None,
                          order: Literal["asc", "desc"] = "desc"):  # fmt: skip
+        limit = _limit(limit)
         with store.session() as s:
             q = select(StoredFile).where(StoredFile.deleted.is_(False))
             if purpose:
@@ -159,6 +163,7 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
 
     @app.get("/v1/fine_tuning/jobs", dependencies=guard)
     async def list_jobs(request: Request, after: str | None = None, limit: int = 20):
+        limit = _limit(limit)
         wanted = {
             k[9:-1]: v
             for k, v in request.query_params.items()
@@ -178,47 +183,51 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
     @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", dependencies=guard)
     async def cancel_job(job_id: str):
         job = _job(store, job_id)
-        if job.status in FINAL:
-            raise ApiError(400, f"job {job_id} already {job.status}", param="job_id")
-        if job.status in ("queued", "paused"):
-            store.update_job(job_id, status="cancelled", finished_at=now(), request=None)
+        # each change holds only if the job is still where we saw it: the worker may claim it meanwhile
+        if store.transition(
+            job_id, ("queued", "paused"), status="cancelled", finished_at=now(), request=None
+        ):
             store.log(job_id, "Job cancelled")
-        else:
-            store.update_job(job_id, request="cancel")
+        elif store.ask(job_id, "cancel"):
             worker.wake()
+        else:
+            job = _job(store, job_id)
+            raise ApiError(400, f"job {job_id} already {job.status}", param="job_id")
         return _job_json(store, _job(store, job_id))
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/pause", dependencies=guard)
     async def pause_job(job_id: str):
-        job = _job(store, job_id)
-        if job.status == "queued":
-            store.update_job(job_id, status="paused")
+        _job(store, job_id)
+        if store.transition(job_id, ("queued",), status="paused"):
             store.log(job_id, "Job paused before it started")
-        elif job.status in ("validating_files", "running"):
-            store.update_job(job_id, request="pause")
+        elif store.ask(job_id, "pause"):
             store.log(job_id, "Pause requested: the job stops at its next step, after a checkpoint")
         else:
-            raise ApiError(400, f"job {job_id} is {job.status}: only a queued or running job can pause",
+            job = _job(store, job_id)
+            why = "a cancel is pending" if job.request == "cancel" else f"it is {job.status}"
+            raise ApiError(400, f"job {job_id} cannot pause: {why}; only a queued or running job can pause",
                            param="job_id")  # fmt: skip
         return _job_json(store, _job(store, job_id))
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/resume", dependencies=guard)
     async def resume_job(job_id: str):
-        job = _job(store, job_id)
-        if job.status != "paused":
+        _job(store, job_id)
+        if not store.transition(job_id, ("paused",), status="queued", request=None):
+            job = _job(store, job_id)
             raise ApiError(400, f"job {job_id} is {job.status}, not paused", param="job_id")
-        store.update_job(job_id, status="queued", request=None)
         store.log(job_id, "Job resumed: it continues from its last checkpoint")
         worker.wake()
         return _job_json(store, _job(store, job_id))
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events", dependencies=guard)
     async def list_events(job_id: str, after: str | None = None, limit: int = 20):
+        limit = _limit(limit)
         _job(store, job_id)
         return _page([_event_json(e) for e in _children(store, Event, job_id, after, limit)], limit)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", dependencies=guard)
     async def list_checkpoints(job_id: str, after: str | None = None, limit: int = 10):
+        limit = _limit(limit)
         _job(store, job_id)
         return _page([_checkpoint_json(c) for c in _children(store, Checkpoint, job_id, after, limit)], limit)
 
@@ -233,11 +242,36 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
         from lmtailor.evaluate.runner import parse_endpoint
         from lmtailor.evaluate.spec import EvalSpec
 
-        raw = dict(body.get("spec") or {})
-        if isinstance(raw.get("data"), str) and raw["data"].startswith("file-"):  # an uploaded file
-            raw["data"] = str(store.path(_file(store, raw["data"], "spec.data").path))
-        # the server's model names (tuned folders, ft: models) become what the job process can load
-        raw["models"] = [m if parse_endpoint(m) else _offered(pool, m) for m in raw.get("models") or []]
+        raw = body.get("spec")
+        if not isinstance(raw, dict):
+            raise ApiError(400, "spec: an object with models, data and the eval options", param="spec")
+        raw = dict(raw)
+        # over the API a job reads only uploaded files, runs no model code, and names no environment variable
+        if not (isinstance(raw.get("data"), str) and raw["data"].startswith("file-")):
+            raise ApiError(
+                400, "spec.data: the id of a file uploaded to /v1/files (file-…)", param="spec.data"
+            )
+        raw["data"] = str(store.path(_file(store, raw["data"], "spec.data").path))
+        for key in ("api_key_env", "trust_remote_code", "output"):
+            if key in raw:
+                raise ApiError(400, f"spec.{key} is set by the server, not per job", param=f"spec.{key}")
+        raw["api_key_env"] = ENDPOINT_KEY_ENV
+
+        def loadable(name, param: str) -> str:
+            """The server's model names (tuned folders, ft: models) become what the job process can load."""
+            if not isinstance(name, str):
+                raise ApiError(400, f"{param}: a model name", param=param)
+            try:
+                return name if parse_endpoint(name) else _offered(pool, name, param)
+            except ModelError as e:
+                raise ApiError(400, f"{param}: {e}", param=param) from e
+
+        models = raw.get("models")
+        if not isinstance(models, list):
+            raise ApiError(400, "spec.models: a list of model names", param="spec.models")
+        raw["models"] = [loadable(m, f"spec.models[{i}]") for i, m in enumerate(models)]
+        if raw.get("judge_model") is not None:
+            raw["judge_model"] = loadable(raw["judge_model"], "spec.judge_model")
         try:
             spec = EvalSpec(**raw)
         except ValidationError as e:
@@ -249,6 +283,15 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
         store.log(job.id, f"Created evaluation job: {job.id}")
         worker.wake()
         return _job_json(store, job)
+
+    @app.get("/v1/lmtailor/jobs", dependencies=guard)
+    async def list_all_jobs(after: str | None = None, limit: int = 20, kind: str | None = None):
+        """Every job, fine-tuning and evaluation alike, newest first (`lmtailor.kind` tells them apart)."""
+        limit = _limit(limit)
+        with store.session() as s:
+            q = select(Job) if kind is None else select(Job).where(Job.kind == kind)
+            rows = list(s.scalars(_after(s, q, Job, after, "desc").limit(limit + 1)))
+        return _page([_job_json(store, j) for j in rows], limit)
 
     @app.get("/v1/lmtailor/jobs/{job_id}", dependencies=guard)
     async def get_lmtailor_job(job_id: str):
@@ -279,14 +322,14 @@ def _options(extra: dict) -> dict:
     return extra
 
 
-def _offered(pool, model: str) -> str:
-    """What the job trains from: a model this server offers (catalog, tuned folder, or an earlier job's)."""
+def _offered(pool, model: str, param: str = "model") -> str:
+    """What a job loads: a model this server offers (catalog, tuned folder, or an earlier job's)."""
     from lmtailor.serve.pool import ModelNotFound
 
     try:
         return pool.find(model).ref
     except ModelNotFound as e:
-        raise ApiError(404, str(e), param="model", code="model_not_found") from e
+        raise ApiError(404, str(e), param=param, code="model_not_found") from e
 
 
 def _children(store: Store, cls, job_id: str, after: str | None, limit: int) -> list:
@@ -308,8 +351,13 @@ def _after(session, query, cls, after: str | None, order: str):
     return query
 
 
+def _limit(limit: int, most: int = 10000) -> int:
+    if not 1 <= limit <= most:
+        raise ApiError(400, f"limit must be between 1 and {most}, not {limit}", param="limit")
+    return limit
+
+
 def _page(items: list[dict], limit: int) -> dict:
-    limit = max(1, limit)
     page = items[:limit]
     return {"object": "list", "data": page, "has_more": len(items) > limit,
             "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}  # fmt: skip
@@ -355,7 +403,8 @@ def _job_json(store: Store, job: Job) -> dict:
         "training_file": job.training_file, "validation_file": job.validation_file, "integrations": [],
         "estimated_finish": None, "metadata": job.job_metadata, "method": job.method or None,
         "user_provided_suffix": job.suffix, "lmtailor": {"kind": job.kind, "options": job.options,
-                                                         "chosen": job.chosen, "attempts": job.attempts},
+                                                         "chosen": job.chosen, "attempts": job.attempts,
+                                                         "interruptions": job.interruptions},
     }  # fmt: skip
 
 

@@ -56,14 +56,18 @@ def _when(ts: int | None) -> str:
 
 @jobs_app.command("list")
 def list_jobs(limit: int = 20, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> None:
-    """The newest fine-tuning jobs: id, status, base model, fine-tuned model, created.
+    """The newest jobs, fine-tuning and evaluation: id, kind, status, model, fine-tuned model, created.
 
     Example: lmtailor jobs list
     """
-    page = _call(url, lambda: _client(url, api_key).fine_tuning.jobs.list(limit=limit))
-    table = Table("id", "status", "model", "fine-tuned model", "created")
-    for job in page.data:
-        table.add_row(job.id, job.status, job.model, job.fine_tuned_model or "–", _when(job.created_at))
+    client = _client(url, api_key)
+    page = _call(
+        url, lambda: client.get("/lmtailor/jobs", cast_to=object, options={"params": {"limit": limit}})
+    )
+    table = Table("id", "kind", "status", "model", "fine-tuned model", "created")
+    for job in page["data"]:
+        table.add_row(job["id"], job["lmtailor"]["kind"], job["status"], job["model"],
+                      job["fine_tuned_model"] or "–", _when(job["created_at"]))  # fmt: skip
     console.print(table)
 
 
@@ -95,18 +99,30 @@ def logs(job_id: JobArg, follow: Annotated[bool, typer.Option("--follow", "-f", 
     """
     client = _client(url, api_key)
     seen: set[str] = set()
+
+    def show_new() -> None:
+        new = []
+        for e in _call(
+            url, lambda: client.fine_tuning.jobs.list_events(job_id, limit=100)
+        ):  # newest first, all pages
+            if e.id in seen:
+                break
+            new.append(e)
+        for e in reversed(new):
+            seen.add(e.id)
+            style = "red" if e.level == "error" else ("dim" if e.type == "metrics" else "")
+            line = f"{_when(e.created_at)}  {escape(e.message)}"
+            console.print(f"[{style}]{line}[/{style}]" if style else line)
+
     while True:
-        events = list(_call(url, lambda: client.fine_tuning.jobs.list_events(job_id, limit=100)))
-        for e in reversed(events):
-            if e.id not in seen:
-                seen.add(e.id)
-                style = "red" if e.level == "error" else ("dim" if e.type == "metrics" else "")
-                line = f"{_when(e.created_at)}  {escape(e.message)}"
-                console.print(f"[{style}]{line}[/{style}]" if style else line)
+        # the status before the events: a job that ended has written its last events a moment after its status
+        job = _call(url, lambda: client.fine_tuning.jobs.retrieve(job_id)) if follow else None
+        show_new()
         if not follow:
             return
-        job = _call(url, lambda: client.fine_tuning.jobs.retrieve(job_id))
         if job.status in ("succeeded", "failed", "cancelled", "paused"):
+            time.sleep(1)
+            show_new()
             return
         time.sleep(2)
 

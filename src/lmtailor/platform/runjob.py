@@ -14,11 +14,13 @@ import csv
 import io
 import json
 import os
+import signal
+import sys
 import traceback
 from pathlib import Path
 
 from lmtailor.errors import DataError, LmtailorError, SpecError
-from lmtailor.platform.store import Checkpoint, File, Job, Model, Store, new_id, now
+from lmtailor.platform.store import ACTIVE, Checkpoint, File, Job, Model, Store, new_id, now
 
 
 class Paused(Exception):
@@ -42,7 +44,7 @@ def run(store: Store, job_id: str) -> None:
         else:
             _fine_tune(store, job)
     except Paused:
-        store.update_job(job.id, status="paused", request=None, pid=None)
+        store.transition(job.id, ACTIVE, status="paused", request=None, pid=None)
         store.log(job.id, "Job paused at a checkpoint; resume continues from it")
     except DataError as e:
         _fail(store, job, "invalid_training_file", _name_file(store, job, str(e)), _param_of(store, job, e))
@@ -56,9 +58,9 @@ def run(store: Store, job_id: str) -> None:
 
 
 def _fail(store: Store, job: Job, code: str, message: str, param: str | None) -> None:
-    store.update_job(job.id, status="failed", finished_at=now(), pid=None, request=None,
-                     error={"code": code, "message": message, "param": param})  # fmt: skip
-    store.log(job.id, f"Job failed: {message}", level="error")
+    if store.transition(job.id, ACTIVE, status="failed", finished_at=now(), pid=None, request=None,
+                        error={"code": code, "message": message, "param": param}):  # fmt: skip
+        store.log(job.id, f"Job failed: {message}", level="error")
 
 
 def _param_of(store: Store, job: Job, e: DataError) -> str:
@@ -108,7 +110,6 @@ def _fine_tune(store: Store, job: Job) -> None:
     from lmtailor.data.formats import load_records
     from lmtailor.train.sft import run_sft
 
-    store.update_job(job.id, status="validating_files")
     store.log(job.id, "Validating training file: " + job.training_file)
     out = job_dir(store, job) / "model"
     spec = train_spec(store, job, out)
@@ -116,8 +117,12 @@ def _fine_tune(store: Store, job: Job) -> None:
     if spec.val_data:
         load_records(spec.val_data, spec.format, on_error="fail")
     store.log(job.id, f"Files validated: {n_rows} training rows")
-    store.update_job(
-        job.id, status="running", started_at=job.started_at or now(), output=store.rel(job_dir(store, job))
+    store.transition(
+        job.id,
+        ACTIVE,
+        status="running",
+        started_at=job.started_at or now(),
+        output=store.rel(job_dir(store, job)),
     )
     store.log(
         job.id,
@@ -133,7 +138,7 @@ def _fine_tune(store: Store, job: Job) -> None:
     card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
     _register(store, name, job.id, out, card, callback.last_loss)
     results = _results_file(store, job, out)
-    store.update_job(job.id, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None,
+    store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None,
                      trained_tokens=int(card["metrics"].get("trained_tokens") or 0), result_files=[results],
                      chosen={k: card["hyperparameters"].get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy")})  # fmt: skip
     store.log(job.id, f"New fine-tuned model created: {name}")
@@ -141,7 +146,9 @@ def _fine_tune(store: Store, job: Job) -> None:
 
 
 def _has_checkpoint(out: Path) -> bool:
-    return any((out / "checkpoints").glob("checkpoint-*"))
+    from lmtailor.train.sft import last_checkpoint
+
+    return last_checkpoint(out) is not None
 
 
 def _register(store: Store, name: str, job_id: str, folder: Path, card: dict | None, loss) -> None:
@@ -186,12 +193,14 @@ def _eval(store: Store, job: Job) -> None:
 
     out = job_dir(store, job) / "eval"
     spec = EvalSpec(**{**job.options, "output": str(out)})
-    store.update_job(job.id, status="running", started_at=now(), output=store.rel(job_dir(store, job)))
+    store.transition(
+        job.id, ACTIVE, status="running", started_at=now(), output=store.rel(job_dir(store, job))
+    )
     store.log(job.id, "Evaluation started")
     result = run_eval(spec, home=store.home, log=lambda line: store.log(job.id, line))
     summary = {m["name"]: {k: v["value"] for k, v in m["scores"].items()} for m in result["models"]}
     store.log(job.id, "Evaluation finished", data=summary)
-    store.update_job(job.id, status="succeeded", finished_at=now(), pid=None)
+    store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), pid=None)
 
 
 class JobCallback:
@@ -259,12 +268,29 @@ def _forget_rotated(store: Store, job_id: str) -> None:
                 s.delete(c)
 
 
+def _die_with_parent() -> None:
+    """SIGTERM when the server that started us dies (Linux's parent-death signal), set here rather than in a
+    preexec_fn, which is unsafe in a threaded server; and if it already died before this line, stop now."""
+    parent = os.environ.get("LMTAILOR_PARENT_PID")
+    if not parent:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):
+        sys.exit("the server that started this job is gone")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("job_id")
     ap.add_argument("--home", required=True)
     ap.add_argument("--db")
     args = ap.parse_args()
+    _die_with_parent()
     if "OMP_NUM_THREADS" in os.environ:
         import torch
 

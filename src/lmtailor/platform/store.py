@@ -13,12 +13,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, create_engine, event, select, text
+from sqlalchemy import (
+    JSON,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from lmtailor.home import home_dir
 
 SCHEMA_VERSION = 1
+ACTIVE = ("validating_files", "running")  # a job process is (or should be) working on it
 
 
 class Base(DeclarativeBase):
@@ -68,7 +82,8 @@ class Job(Base):
     error: Mapped[dict | None] = mapped_column(JSON)
     request: Mapped[str | None] = mapped_column(String(16))  # cancel | pause: asked, not yet done
     pid: Mapped[int | None] = mapped_column(Integer)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # processes started for it
+    interruptions: Mapped[int] = mapped_column(Integer, default=0)  # times a killed server left it running
     output: Mapped[str | None] = mapped_column(Text)  # the job's folder, relative to the home
     chosen: Mapped[dict | None] = mapped_column(JSON)  # hyperparameters lmtailor used
 
@@ -146,9 +161,15 @@ class Store:
 
     def add(self, obj) -> Any:
         with self.session() as s, s.begin():
+            cls = type(obj)
             if isinstance(obj, File | Job) and obj.seq is None:  # events and checkpoints count by themselves
-                obj.seq = (s.scalar(select(type(obj).seq).order_by(type(obj).seq.desc()).limit(1)) or 0) + 1
-            s.add(obj)
+                # the next number inside the INSERT itself: two processes adding at once cannot take the same
+                obj.seq = select(func.coalesce(func.max(cls.seq), 0) + 1).scalar_subquery()
+                s.add(obj)
+                s.flush()
+                obj.seq = s.scalar(select(cls.seq).where(cls.id == obj.id))
+            else:
+                s.add(obj)
         return obj
 
     def update_job(self, job_id: str, **values) -> Job:
@@ -157,6 +178,21 @@ class Store:
             for k, v in values.items():
                 setattr(job, k, v)
         return job
+
+    def transition(self, job_id: str, statuses: tuple[str, ...], **values) -> bool:
+        """Update a job only while its status is one of `statuses`, in one statement: the API, the worker and
+        the job process change jobs concurrently, and a stale read must not overwrite a newer status."""
+        with self.session() as s, s.begin():
+            done = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(statuses)).values(**values))
+            return done.rowcount == 1
+
+    def ask(self, job_id: str, request: str) -> bool:
+        """Record a cancel or pause request for an active job; a pending cancel is never replaced by a pause."""
+        with self.session() as s, s.begin():
+            q = update(Job).where(Job.id == job_id, Job.status.in_(("validating_files", "running")))
+            if request != "cancel":
+                q = q.where((Job.request.is_(None)) | (Job.request != "cancel"))
+            return s.execute(q.values(request=request)).rowcount == 1
 
     def log(self, job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> None:
         self.add(Event(id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, type=type,

@@ -2,14 +2,13 @@
 
 Each job process gets this machine's cores divided by the number of workers (two PyTorch processes
 fighting over the same cores are 10-20x slower than one after the other), dies with the server (Linux's
-parent-death signal), and writes its own final status. On start the worker recovers what a killed server
+parent-death signal, set by the job process itself: runjob.main), and writes its own final status. On start the worker recovers what a killed server
 left behind: a job still marked running is requeued to resume from its last checkpoint, or failed with the
 reason after MAX_ATTEMPTS starts, so no job stays `running` forever.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -17,19 +16,10 @@ import sys
 import threading
 import time
 
-from lmtailor.platform.store import Job, Store, now
+from lmtailor.platform.store import ACTIVE, Job, Store, now
 
 MAX_ATTEMPTS = 3
-ACTIVE = ("validating_files", "running")
 KILL_AFTER = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled job
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the server (the thread that started us) dies."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 class Worker:
@@ -55,29 +45,40 @@ class Worker:
         self._wake.set()
         self._thread.join(timeout=30)
         for job_id, proc in list(self.procs.items()):
-            # a clean shutdown: the jobs resume from their checkpoints at the next start
+            # a clean shutdown: running jobs resume from their checkpoints at the next start
             _signal(proc, signal.SIGTERM)
-            proc.wait(timeout=KILL_AFTER)
-            self.store.update_job(job_id, status="queued", pid=None)
-            self.store.log(job_id, "The server stopped; the job will resume from its last checkpoint")
+            try:
+                proc.wait(timeout=KILL_AFTER)
+            except subprocess.TimeoutExpired:
+                _signal(proc, signal.SIGKILL)
+                proc.wait()
+            del self.procs[job_id]
+            self._settle(self.store.get(Job, job_id), "The server stopped")
 
     def recover(self) -> None:
         """Jobs a killed server left running: requeue (they resume from a checkpoint) or fail after retries."""
         for job in self.store.jobs(ACTIVE):
             if job.pid and _is_job_process(job.pid, job.id):
                 os.kill(job.pid, signal.SIGKILL)  # an orphan of the previous server: it must not run twice
-            if job.request == "cancel":
-                self._finish_cancel(job.id)
-            elif job.attempts >= MAX_ATTEMPTS:
-                reason = f"the job was interrupted {job.attempts} times (server or process killed)"
-                self.store.update_job(job.id, status="failed", finished_at=now(), pid=None,
-                                      error={"code": "interrupted", "message": reason, "param": None})  # fmt: skip
-                self.store.log(job.id, f"Job failed: {reason}", level="error")
-            else:
-                self.store.update_job(job.id, status="queued", pid=None)
-                self.store.log(
-                    job.id, "The server restarted during this job; it will resume from its last checkpoint"
-                )
+            if job.request is None and job.interruptions + 1 >= MAX_ATTEMPTS:
+                reason = f"the job was interrupted {job.interruptions + 1} times (server or process killed)"
+                if self.store.transition(job.id, ACTIVE, status="failed", finished_at=now(), pid=None,
+                                         interruptions=job.interruptions + 1,
+                                         error={"code": "interrupted", "message": reason, "param": None}):  # fmt: skip
+                    self.store.log(job.id, f"Job failed: {reason}", level="error")
+                continue
+            self.store.transition(job.id, ACTIVE, interruptions=job.interruptions + 1)
+            self._settle(job, "The server restarted during this job")
+
+    def _settle(self, job: Job, why: str) -> None:
+        """A job whose process is gone but which did not finish: carry out its pending request, or requeue it."""
+        if job.request == "cancel":
+            self._finish_cancel(job.id)
+        elif job.request == "pause":
+            if self.store.transition(job.id, ACTIVE, status="paused", pid=None, request=None):
+                self.store.log(job.id, f"{why}; the job is paused and resumes from its last checkpoint")
+        elif self.store.transition(job.id, ACTIVE, status="queued", pid=None):
+            self.store.log(job.id, f"{why}; the job will resume from its last checkpoint")
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -100,10 +101,10 @@ class Worker:
             self._kill_at.pop(job_id, None)
             if job.request == "cancel":
                 self._finish_cancel(job_id)
-            elif job.status in ACTIVE:  # died without writing its status: out of memory, killed, a bug
-                self.store.update_job(job_id, status="failed", finished_at=now(), pid=None, error={
+            elif self.store.transition(job_id, ACTIVE, status="failed", finished_at=now(), pid=None, error={
                     "code": "process_died", "param": None,
-                    "message": f"the job process exited with code {code}; see jobs/{job_id}/job.log"})  # fmt: skip
+                    "message": f"the job process exited with code {code}; see jobs/{job_id}/job.log"}):  # fmt: skip
+                # it died without writing its status: out of memory, killed, a bug
                 self.store.log(job_id, f"Job failed: the job process exited with code {code}", level="error")
         for job in self.store.jobs(("queued",)):
             if len(self.procs) >= self.workers:
@@ -111,18 +112,29 @@ class Worker:
             self._spawn(job)
 
     def _spawn(self, job: Job) -> None:
+        # claim the job before starting its process: a cancel or pause that came in since we listed the
+        # queue wins, and the job process's own status writes come after ours
+        if job.id in self.procs or not self.store.transition(
+            job.id, ("queued",), status="validating_files", attempts=job.attempts + 1, pid=None, request=None
+        ):
+            return
         folder = self.store.home / "jobs" / job.id
         folder.mkdir(parents=True, exist_ok=True)
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
+               "LMTAILOR_PARENT_PID": str(os.getpid())}  # fmt: skip
         cmd = [sys.executable, "-m", "lmtailor.platform.runjob", job.id, "--home", str(self.store.home),
                "--db", self.store.url]  # fmt: skip
-        with open(folder / "job.log", "ab") as log:
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True, preexec_fn=_die_with_parent)  # fmt: skip
+        try:
+            with open(folder / "job.log", "ab") as log:
+                proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        except OSError as e:
+            self.store.transition(job.id, ACTIVE, status="failed", finished_at=now(), error={
+                "code": "internal_error", "message": f"cannot start the job process: {e}", "param": None})  # fmt: skip
+            return
         self.procs[job.id] = proc
-        self.store.update_job(job.id, status="validating_files", pid=proc.pid, attempts=job.attempts + 1,
-                              request=None if job.request == "pause" else job.request)  # fmt: skip
+        self.store.transition(job.id, ACTIVE, pid=proc.pid)
 
     def _cancel_running(self, job_id: str, proc: subprocess.Popen) -> None:
         if job_id not in self._kill_at:
@@ -132,8 +144,10 @@ class Worker:
             _signal(proc, signal.SIGKILL)
 
     def _finish_cancel(self, job_id: str) -> None:
-        self.store.update_job(job_id, status="cancelled", finished_at=now(), pid=None, request=None)
-        self.store.log(job_id, "Job cancelled; checkpoints written so far are kept")
+        if self.store.transition(
+            job_id, ACTIVE, status="cancelled", finished_at=now(), pid=None, request=None
+        ):
+            self.store.log(job_id, "Job cancelled; checkpoints written so far are kept")
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:

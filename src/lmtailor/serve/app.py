@@ -147,6 +147,12 @@ def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600
             if isinstance(prompt, list)
             else engine.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         )
+        vocab = len(engine.tokenizer)
+        if not ids:
+            raise ApiError(400, "the prompt is empty", param="prompt")
+        if bad := [t for t in ids if not 0 <= t < vocab]:
+            raise ApiError(400, f"token ids outside this model's vocabulary (0..{vocab - 1}): {bad[:5]}",
+                           param="prompt")  # fmt: skip
         sampling = _sampling(body, body.max_tokens, engine, len(ids), logprobs=body.logprobs is not None,
                              top=body.logprobs or 0)  # fmt: skip
         req = _submit(engine, ids, sampling, adapter, timeout)
@@ -170,19 +176,32 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length and length.isdigit() and int(length) > limit:
             return await self._reject(send, limit)
-        seen = 0
+        seen, over, started = 0, False, False
 
         async def counted():
-            nonlocal seen
+            # a chunked body has no length to check up front: count it, and past the limit tell the app the
+            # client left (its parser then stops) and answer 413 here
+            nonlocal seen, over
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise ApiError(413, "request body too large")
+                over = True
+                return {"type": "http.disconnect"}
             return message
 
+        async def sending(message):
+            nonlocal started
+            if over:
+                return
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, counted, send)
-        except ApiError:
+            await self.app(scope, counted, sending)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
             await self._reject(send, limit)
 
     async def _reject(self, send, limit: int):

@@ -12,6 +12,7 @@ text, and drop the rows that finished, were cancelled or ran out of time.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import deque
@@ -52,7 +53,9 @@ class TransformersEngine:
         self.eos = _eos_ids(model, tokenizer)
         self.waiting: deque[Request] = deque()
         self.rows: list[_Row] = []
-        self.adapters: dict[str, str] = {}  # adapter name -> folder
+        self.adapters: dict[str, str] = {}  # model id -> folder
+        # peft keeps adapters in a ModuleDict, whose keys may not hold "." (ft:qwen2.5-…): a safe name per id
+        self._adapter_keys: dict[str, str] = {}
         self.stats = EngineStats()
         self._cache = None
         self._mask = None
@@ -88,12 +91,17 @@ class TransformersEngine:
         with self._step:
             if name in self.adapters:
                 return
+            key = "a" + hashlib.sha1(name.encode()).hexdigest()[:16]
             if not self.adapters:
-                self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=name)
+                self.model = PeftModel.from_pretrained(self.model, folder, adapter_name=key)
             else:
-                self.model.load_adapter(folder, adapter_name=name)
+                self.model.load_adapter(folder, adapter_name=key)
             self.model.eval()
+            self._adapter_keys[name] = key
             self.adapters[name] = folder
+
+    def _adapter_key(self, name: str | None) -> str:
+        return self._adapter_keys.get(name, "__base__") if name else "__base__"
 
     def stop(self) -> None:
         with self._cond:
@@ -165,7 +173,7 @@ class TransformersEngine:
             ids[i, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
             mask[i, width - len(r.prompt_ids) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        adapters = [r.adapter or "__base__" for r in reqs]
+        adapters = [self._adapter_key(r.adapter) for r in reqs]
         logits, cache = self._forward(
             ids.to(device), mask.to(device), positions.to(device), DynamicCache(), adapters
         )
@@ -214,7 +222,7 @@ class TransformersEngine:
             [self._mask, torch.ones((len(self.rows), 1), dtype=self._mask.dtype, device=device)], 1
         )
         positions = torch.tensor([[r.length] for r in self.rows], device=device)
-        adapters = [r.req.adapter or "__base__" for r in self.rows]
+        adapters = [self._adapter_key(r.req.adapter) for r in self.rows]
         logits, self._cache = self._forward(ids, self._mask, positions, self._cache, adapters)
         for r in self.rows:
             r.length += 1

@@ -164,7 +164,7 @@ class ModelPool:
             if offer.adapter and offer.id not in loaded.engine.adapters:
                 try:
                     loaded.engine.add_adapter(offer.id, offer.adapter)
-                except (OSError, ValueError) as e:
+                except Exception as e:  # a broken adapter folder is the request's problem, not the server's
                     raise ModelError(f"cannot load the adapter of {offer.id} ({offer.adapter}): {e}") from e
             return key
 

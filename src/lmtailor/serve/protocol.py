@@ -103,9 +103,14 @@ class CompletionRequest(_Sampling):
             raise ValueError("suffix (fill-in-the-middle) is not supported by these models")
         if self.best_of not in (None, self.n):
             raise ValueError("best_of other than n is not supported")
-        if isinstance(self.prompt, list) and not self.prompt:
-            raise ValueError("prompt must not be empty")
         return self
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, prompt):
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("the prompt is empty")
+        return prompt
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt

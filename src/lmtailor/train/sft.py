@@ -85,7 +85,7 @@ def run_sft(
         )
     for callback in callbacks or []:
         trainer.add_callback(callback)
-    resume = _last_checkpoint(out) if spec.resume else None
+    resume = last_checkpoint(out) if spec.resume else None
     if spec.resume and resume is None:
         log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
     _reset_metrics(out / "metrics.jsonl", resume)
@@ -267,15 +267,21 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _last_checkpoint(out: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+def last_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint. A process killed while saving leaves a checkpoint folder without its
+    trainer_state.json (the Trainer writes it last): resuming from that one would fail, so it is passed over."""
     folder = out / "checkpoints"
-    return (
-        Path(get_last_checkpoint(str(folder)))
-        if folder.is_dir() and get_last_checkpoint(str(folder))
-        else None
+    if not folder.is_dir():
+        return None
+    steps = sorted(
+        (int(p.name.rsplit("-", 1)[1]), p)
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.startswith("checkpoint-") and p.name.rsplit("-", 1)[1].isdigit()
     )
+    for _, path in reversed(steps):
+        if (path / "trainer_state.json").is_file():
+            return path
+    return None
 
 
 def _save(model, tok, out: Path, strategy: str, merge: bool, base_path: Path) -> None:
