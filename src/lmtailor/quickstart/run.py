@@ -1,5 +1,7 @@
 """`lmtailor quickstart`: ask held-out questions about a fictional company, train on its facts, ask again.
 
+Both askings are `lmtailor eval` runs (evaluate/runner.run_eval): the second reuses the base model's cached
+answers and adds intervals and a McNemar test of tuned against base, with report.md / report.html.
 Timings on a 2-core CPU (bf16): convert the embedded model ~40 s (once), base answers ~20 s,
 training ~6 min, tuned answers ~20 s.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lmtailor.home import atomic_write_json, home_dir
+from lmtailor.home import atomic_write_json, atomic_write_text, home_dir
 from lmtailor.models.catalog import EMBEDDED
 
 QUICKSTART_MODEL = "quickstart"
@@ -31,21 +33,23 @@ def sample_files(home: str | Path | None = None) -> tuple[Path, Path]:
     return target / "train.jsonl", target / "test.jsonl"
 
 
-def ask(model_ref: str | Path, rows: list[dict], home, console: Console, label: str) -> list[str]:
-    from lmtailor.evaluate.generate import generate
-    from lmtailor.models.loading import load_model, load_tokenizer
+def ask(models: list[str], test_file: Path, out: Path, home, console: Console) -> dict:
+    """`lmtailor eval` on the held-out questions: answers cached per model, so the base model answers once."""
+    from lmtailor.evaluate.runner import run_eval
+    from lmtailor.evaluate.spec import EvalSpec
 
-    t0 = time.time()
-    tok = load_tokenizer(str(model_ref), home)
-    model = load_model(str(model_ref), home)
-    answers = generate(model, tok, [r["messages"] for r in rows], max_new_tokens=96)
-    console.print(f"{label}: answered {len(rows)} questions in {time.time() - t0:.0f} s")
-    del model
-    return answers
+    spec = EvalSpec(
+        models=models, data=str(test_file), metrics=["contains"], max_new_tokens=96, output=str(out)
+    )
+    return run_eval(spec, home=home, log=console.print)
+
+
+def _answers(result: dict) -> list[dict]:
+    lines = (Path(result["output"]) / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def run_quickstart(home=None, limit: int | None = None, console: Console | None = None) -> dict:
-    from lmtailor.evaluate.match import contains
     from lmtailor.specs import TrainSpec
     from lmtailor.train.sft import run_sft
 
@@ -53,7 +57,10 @@ def run_quickstart(home=None, limit: int | None = None, console: Console | None 
     start = time.time()
     train_file, test_file = sample_files(home)
     rows = [json.loads(line) for line in test_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = rows[:limit] if limit else rows
+    if limit:
+        rows = rows[:limit]
+        test_file = test_file.with_name(f"test-first-{limit}.jsonl")
+        atomic_write_text(test_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     n_train = sum(1 for line in train_file.read_text(encoding="utf-8").splitlines() if line.strip())
     console.rule("lmtailor quickstart")
     console.print(
@@ -61,45 +68,54 @@ def run_quickstart(home=None, limit: int | None = None, console: Console | None 
         f"We ask it {len(rows)} questions it will never see in training, teach it {n_train} question-answer\n"
         f"pairs about the company (from {train_file}), then ask again."
     )
-    console.rule("1. the base model")
-    base_answers = ask(EMBEDDED, rows, home, console, "base model")
-    console.rule("2. fine-tuning with lmtailor's defaults")
     out = home_dir(home) / "models" / QUICKSTART_MODEL
+    evals = home_dir(home) / "evals" / QUICKSTART_MODEL
+    console.rule("1. the base model")
+    before = ask([EMBEDDED], test_file, evals / "base", home, console)
+    base_score = before["models"][0]["scores"]["contains"]
+    console.print(f"base model: {base_score['value']:.0%} of the held-out questions answered")
+    console.rule("2. fine-tuning with lmtailor's defaults")
     spec = TrainSpec(model=EMBEDDED, data=str(train_file), output=str(out))
     run_sft(spec, home=home, log=console.print)
-    console.rule("3. the tuned model")
-    tuned_answers = ask(out, rows, home, console, "tuned model")
+    console.rule("3. the tuned model (the base model's answers come from the cache)")
+    t0 = time.time()
+    result = ask([EMBEDDED, str(out)], test_file, evals / "compare", home, console)
+    console.print(f"tuned model: answered {len(rows)} questions in {time.time() - t0:.0f} s")
 
     table = Table("question", "reference", "base answer", "tuned answer", "correct?", show_lines=True)
-    base_ok = tuned_ok = 0
     results = []
-    for row, b, t in zip(rows, base_answers, tuned_answers, strict=False):
-        ok_b, ok_t = contains(b, row["reference"]), contains(t, row["reference"])
-        base_ok += ok_b
-        tuned_ok += ok_t
-        results.append({"question": row["messages"][-1]["content"], "reference": row["reference"],
-                        "base": b, "tuned": t, "base_correct": ok_b, "tuned_correct": ok_t})  # fmt: skip
-        table.add_row(
-            row["messages"][-1]["content"],
-            row["reference"],
-            b,
-            t,
-            "[green]yes[/green]" if ok_t else "[red]no[/red]",
-        )
+    for item in _answers(result):
+        b, t = item["predictions"][EMBEDDED], item["predictions"][str(out)]
+        ok_b, ok_t = bool(b["scores"]["contains"]), bool(t["scores"]["contains"])
+        question = item["prompt"][-1]["content"]
+        results.append({"question": question, "reference": item["reference"], "base": b["answer"],
+                        "tuned": t["answer"], "base_correct": ok_b, "tuned_correct": ok_t})  # fmt: skip
+        table.add_row(question, item["reference"], b["answer"], t["answer"],
+                      "[green]yes[/green]" if ok_t else "[red]no[/red]")  # fmt: skip
     console.print(table)
-    n = max(1, len(rows))
+    base, tuned = (m["scores"]["contains"] for m in result["models"])
+    versus = result["models"][1]["vs_baseline"]["contains"]
+    base_ok = sum(r["base_correct"] for r in results)
+    tuned_ok = sum(r["tuned_correct"] for r in results)
     summary = {
         "questions": len(rows),
-        "base_accuracy": base_ok / n,
-        "tuned_accuracy": tuned_ok / n,
+        "base_accuracy": base["value"],
+        "tuned_accuracy": tuned["value"],
+        "tuned_ci95": [tuned["ci_low"], tuned["ci_high"]],
+        "vs_base": versus,
         "model": str(out),
+        "eval": result["output"],
         "minutes": round((time.time() - start) / 60, 1),
         "results": results,
     }
     atomic_write_json(out / "quickstart.json", summary)
     console.print(
-        f"\naccuracy on held-out questions: base [red]{base_ok}/{len(rows)} ({base_ok / n:.0%})[/red] → "
-        f"tuned [green]{tuned_ok}/{len(rows)} ({tuned_ok / n:.0%})[/green]   ({summary['minutes']} min)"
+        f"\naccuracy on held-out questions: base [red]{base_ok}/{len(rows)} ({base['value']:.0%})[/red] → "
+        f"tuned [green]{tuned_ok}/{len(rows)} ({tuned['value']:.0%}, 95% CI {tuned['ci_low']:.0%}–"
+        f"{tuned['ci_high']:.0%})[/green]   ({summary['minutes']} min)"
     )
+    verdict = "a real difference" if versus["significant"] else "not a significant difference"
+    console.print(f"tuned vs base: {versus['delta']:+.0%}, {versus.get('test', 'paired bootstrap')} "
+                  f"p = {versus['p_value']:.2g} ({verdict}); report: {Path(result['output']) / 'report.html'}")  # fmt: skip
     console.print(f"the tuned model is in {out}\nchat with it:   lmtailor chat {QUICKSTART_MODEL}")
     return summary
