@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test test-fast lint bench clean
+.PHONY: install browser quickstart test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,11 +20,16 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(VENV)/bin/lmtailor quickstart
 
+# The web console's tests drive Debian's Chromium through Playwright; a CJK font draws the Chinese interface.
+browser:
+	@test -x /usr/bin/chromium && fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei; }
+
 # The whole suite, end-to-end tests on the real 135M model included (one process: 2 cores, no thread fights).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q --durations=15
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) browser
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)

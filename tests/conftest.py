@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +145,39 @@ def write_chat():
 def tiny_chat_file(tmp_path: Path) -> Path:
     """12 short chat rows (two with a system prompt, one in Chinese) as JSONL."""
     return write_chat_file(tmp_path / "chat.jsonl")
+
+
+class Server:
+    def __init__(self, app, pool):
+        import uvicorn
+
+        self.pool = pool
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+
+    def client(self, api_key: str = "none", **kw):
+        import openai
+
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=120, **kw)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server_class():
+    """Server(app, pool): run any app built by create_app on a free port of 127.0.0.1."""
+    return Server

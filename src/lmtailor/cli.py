@@ -247,9 +247,10 @@ def serve(
     debug: DebugOpt = False,
 ) -> None:
     """Serve models behind an OpenAI-compatible API under /v1 (chat, completions, models, files, fine-tuning
-    jobs), /health and /metrics.
+    jobs), /health and /metrics, and the web console at / (data, training, evaluation, chat, arena, jobs).
 
-    Example: lmtailor serve --model quickstart ; then any OpenAI client with base_url http://127.0.0.1:8000/v1
+    Example: lmtailor serve --model quickstart ; then any OpenAI client with base_url http://127.0.0.1:8000/v1,
+    or a browser at http://127.0.0.1:8000/
     """
     with user_errors(debug):
         _threads()

@@ -24,6 +24,7 @@ PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "vision", "
 # The key eval jobs created over the API send to `openai:` endpoints: whoever may create jobs may send it to
 # any URL, so the server's operator sets it on purpose, apart from OPENAI_API_KEY.
 ENDPOINT_KEY_ENV = "LMTAILOR_ENDPOINT_API_KEY"
+NAMES = "_names"  # an eval job's options: the folder each asked-for model name loads -> that name
 UNSUPPORTED = {"dpo": "preference (DPO)", "reinforcement": "reinforcement"}
 
 
@@ -270,6 +271,7 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
         if not isinstance(models, list):
             raise ApiError(400, "spec.models: a list of model names", param="spec.models")
         raw["models"] = [loadable(m, f"spec.models[{i}]") for i, m in enumerate(models)]
+        names = {ref: name for ref, name in zip(raw["models"], models, strict=True) if ref != name}
         if raw.get("judge_model") is not None:
             raw["judge_model"] = loadable(raw["judge_model"], "spec.judge_model")
         try:
@@ -278,7 +280,7 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
             err = e.errors()[0]
             raise ApiError(400, f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}", param="spec") from e
         job = store.add(Job(id=new_id("evaljob"), kind="eval", status="queued", model=spec.models[-1],
-                            options=spec.model_dump(exclude={"output"}), created_at=now(), result_files=[],
+                            options={**spec.model_dump(exclude={"output"}), NAMES: names}, created_at=now(), result_files=[],
                             job_metadata=body.get("metadata")))  # fmt: skip
         store.log(job.id, f"Created evaluation job: {job.id}")
         worker.wake()
@@ -301,7 +303,10 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
         if job.kind == "eval" and metrics.exists():
             import json
 
-            data["result"] = json.loads(metrics.read_text(encoding="utf-8"))
+            data["result"] = result = json.loads(metrics.read_text(encoding="utf-8"))
+            names = (job.options or {}).get(NAMES) or {}
+            for m in result.get("models", []):  # the names the client asked with, not the folders they load
+                m["name"] = names.get(m["name"], m["name"])
         return data
 
 

@@ -192,7 +192,8 @@ def _eval(store: Store, job: Job) -> None:
     from lmtailor.evaluate.spec import EvalSpec
 
     out = job_dir(store, job) / "eval"
-    spec = EvalSpec(**{**job.options, "output": str(out)})
+    options = {k: v for k, v in job.options.items() if k != "_names"}  # platform.api.NAMES: for display only
+    spec = EvalSpec(**{**options, "output": str(out)})
     store.transition(
         job.id, ACTIVE, status="running", started_at=now(), output=store.rel(job_dir(store, job))
     )

@@ -127,6 +127,19 @@ class Model(Base):
     loss: Mapped[float | None] = mapped_column(Float)
 
 
+class Vote(Base):
+    """A judgement in the web console's arena: which of two answers to one prompt was better."""
+
+    __tablename__ = "votes"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    model_a: Mapped[str] = mapped_column(Text)
+    model_b: Mapped[str] = mapped_column(Text)
+    winner: Mapped[str] = mapped_column(String(8))  # a | b | tie | bad (both bad)
+    blind: Mapped[bool] = mapped_column(default=False)
+    prompt: Mapped[str | None] = mapped_column(Text)
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 

@@ -1,7 +1,7 @@
 """The OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions, /health and /metrics.
 
 Any OpenAI client works against it by changing its base URL. Errors have OpenAI's shape and status.
-The web console of a later part mounts into the same app.
+The web console (src/lmtailor/console) is served at / by the same app, as a client of this API.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.responses import Response
@@ -85,6 +87,15 @@ def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600
     async def _api_error(request: Request, e: ApiError):
         return JSONResponse(e.body(), status_code=e.status)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):
+        # a bug is still answered in OpenAI's error shape; the traceback goes to the server's log
+        import traceback
+
+        traceback.print_exception(e)
+        body = ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error").body()
+        return JSONResponse(body, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
         first = e.errors()[0]
@@ -100,6 +111,9 @@ def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600
         from lmtailor.platform.api import add_platform_routes
 
         add_platform_routes(app, store, worker, pool, guard, max_upload)
+        from lmtailor.console.routes import add_console_routes
+
+        add_console_routes(app, store, pool, guard)
 
     @app.get("/health")
     async def health():
@@ -158,6 +172,14 @@ def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600
         req = _submit(engine, ids, sampling, adapter, timeout)
         echo = engine.tokenizer.decode(ids, skip_special_tokens=True) if body.echo else ""
         return await _respond(request, req, body, "text", metrics, echo=echo)
+
+    # the web console: static files that talk to the API above (src/lmtailor/console)
+    console = Path(__file__).resolve().parent.parent / "console" / "static"
+    app.mount("/console", StaticFiles(directory=console), name="console")
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(console / "index.html")
 
     return app
 

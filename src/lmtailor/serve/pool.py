@@ -71,6 +71,11 @@ class ModelPool:
         models (re-read at most every two seconds); always every model and checkpoint a job has made."""
         return {**self._static_offers(), **self._job_offers()}
 
+    def forget(self, model_id: str) -> None:
+        """A deleted model: no longer offered (its adapter, if loaded, stays until the engine unloads)."""
+        self._keys.pop(model_id, None)
+        self._offers_at = 0.0
+
     def _job_offers(self) -> dict[str, Offer]:
         if self.store is None:
             return {}

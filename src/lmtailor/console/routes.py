@@ -1,0 +1,400 @@
+"""The parts of the API the web console needs beyond OpenAI's: model cards, data inspection, cleaning and
+splitting of uploaded files, the train form's schema and memory estimate, an eval job's per-example
+answers, and the arena's votes. Each is an ordinary endpoint under /v1/lmtailor (the console is a client of
+the public API, like the CLI and the SDK: no second code path), each runs the same functions as the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, func, select
+from starlette.background import BackgroundTask
+
+from lmtailor.errors import LmtailorError
+from lmtailor.home import atomic_write_text
+from lmtailor.platform.store import Checkpoint, Model, Store, Vote, new_id, now
+from lmtailor.platform.store import File as StoredFile
+from lmtailor.serve.protocol import ApiError
+
+PREVIEW_ROWS = 20
+MAX_ERRORS = 200
+HISTOGRAM_BINS = 20
+
+
+class InspectBody(BaseModel):
+    format: Literal["auto", "chat", "alpaca", "sharegpt"] = "auto"
+    model: str | None = None  # whose tokenizer counts tokens (the histogram); none: no token counts
+
+
+class CleanBody(InspectBody):
+    dedup: bool = True
+    near_dup_threshold: float = Field(0.9, gt=0, le=1)
+    mask_pii: bool = False
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class SplitBody(BaseModel):
+    format: Literal["auto", "chat", "alpaca", "sharegpt"] = "auto"
+    ratios: list[float] = [0.8, 0.1, 0.1]
+    seed: int = 0
+
+
+class EstimateBody(BaseModel):
+    model: str
+    strategy: Literal["auto", "lora", "full", "freeze"] = "auto"
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(512, ge=8)
+    lora_r: int = Field(32, ge=1)
+
+
+class VoteBody(BaseModel):
+    model_a: str
+    model_b: str
+    winner: Literal["a", "b", "tie", "bad"]
+    blind: bool = False
+    prompt: str | None = Field(None, max_length=20000)
+
+
+def add_console_routes(app: FastAPI, store: Store, pool, guard: list) -> None:
+    from lmtailor.platform.api import _file, _job, _offered
+
+    # ---- models ---------------------------------------------------------------------------------------------
+
+    @app.get("/v1/lmtailor/models", dependencies=guard)
+    async def list_models():
+        """Every model the server offers, with its card: base, data, hyperparameters, metrics, parent."""
+        jobs = {m.name: m for m in store.models()}
+        loaded = set(pool.loaded)
+        cards = [_model_card(store, o, jobs.get(o.id), loaded) for o in pool.offers().values()]
+        return {"object": "list", "data": cards}
+
+    @app.delete("/v1/models/{model_id:path}", dependencies=guard)
+    async def delete_model(model_id: str):
+        """OpenAI's delete of a fine-tuned model: a job's model or checkpoint, or a tuned folder in the home."""
+        offer = _find(pool, model_id)
+        job_model = store.get(Model, model_id)
+        folder = Path(offer.ref)
+        home_models = (store.home / "models").resolve()
+        if job_model is None and not (folder.is_dir() and folder.resolve().parent == home_models):
+            raise ApiError(400, f"{model_id} is not a fine-tuned model of this server: only those can be deleted",
+                           param="model")  # fmt: skip
+        with store.session() as s, s.begin():  # the model and any checkpoint registered inside its folder
+            gone = [m.name for m in s.scalars(select(Model))
+                    if m.name == model_id or _inside(store.path(m.path), folder)]  # fmt: skip
+            s.execute(delete(Checkpoint).where(Checkpoint.model.in_(gone)))
+            s.execute(delete(Model).where(Model.name.in_(gone)))
+        # the folder goes last and by rename first: a crash leaves it registered or gone, never half deleted
+        trash = folder.with_name(f".deleted-{folder.name}-{new_id('x')}")
+        folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        pool.forget(model_id)
+        return {"id": model_id, "object": "model", "deleted": True}
+
+    @app.get("/v1/lmtailor/models/{model_id:path}/download", dependencies=guard)
+    async def download_model(model_id: str):
+        """A tuned model folder as a zip (weights, adapter, card, tokenizer; not the checkpoints)."""
+        offer = _find(pool, model_id)
+        folder = Path(offer.ref)
+        if not (folder / "lmtailor.json").is_file() and store.get(Model, model_id) is None:
+            raise ApiError(
+                400, f"{model_id} is not a tuned model: its files are where it came from", param="model"
+            )
+        if not folder.is_dir():
+            raise ApiError(404, f"the files of {model_id} are gone", param="model", code="model_not_found")
+        target = await asyncio.to_thread(_zip, folder, store.home / "cache")
+        name = model_id.replace(":", "_").replace("/", "_") + ".zip"
+        return FileResponse(target, filename=name, media_type="application/zip",
+                            background=BackgroundTask(target.unlink, missing_ok=True))  # fmt: skip
+
+    # ---- data -------------------------------------------------------------------------------------------------
+
+    @app.post("/v1/lmtailor/files/{file_id}/inspect", dependencies=guard)
+    async def inspect_file(file_id: str, body: InspectBody):
+        f = _file(store, file_id)
+        ref = _offered(pool, body.model, "model") if body.model else None
+        return await asyncio.to_thread(_user_errors, _inspect, store.path(f.path), f.filename, body.format, ref,
+                                       store.home)  # fmt: skip
+
+    @app.post("/v1/lmtailor/files/{file_id}/clean", dependencies=guard)
+    async def clean_file(file_id: str, body: CleanBody):
+        f = _file(store, file_id)
+        if body.max_tokens and not body.model:
+            raise ApiError(400, "max_tokens needs a model, whose tokenizer counts the tokens", param="model")
+        ref = _offered(pool, body.model, "model") if body.model else None
+        return await asyncio.to_thread(_user_errors, _clean, store, f, body, ref)
+
+    @app.post("/v1/lmtailor/files/{file_id}/split", dependencies=guard)
+    async def split_file(file_id: str, body: SplitBody):
+        f = _file(store, file_id)
+        return await asyncio.to_thread(_user_errors, _split, store, f, body)
+
+    # ---- training ---------------------------------------------------------------------------------------------
+
+    @app.get("/v1/lmtailor/schema/train", dependencies=guard)
+    async def train_schema():
+        """TrainSpec's fields with their defaults and descriptions: the train form is built from it."""
+        from lmtailor.specs import TrainSpec
+
+        return TrainSpec.model_json_schema()
+
+    @app.post("/v1/lmtailor/estimate", dependencies=guard)
+    async def memory_estimate(body: EstimateBody):
+        from lmtailor.models.catalog import resolve
+        from lmtailor.models.loading import describe
+        from lmtailor.train.memory import estimate
+
+        ref = _offered(pool, body.model, "model")
+        try:
+            info = await asyncio.to_thread(describe, ref, store.home)
+            folder = resolve(ref, store.home).path
+        except LmtailorError as e:
+            raise ApiError(400, str(e), param="model") from e
+        out = estimate(folder, body.strategy, body.batch_size, body.max_length, body.lora_r,
+                       parameters=info.get("parameters"))  # fmt: skip
+        return {**out, "machine": _memory_total()}
+
+    # ---- evaluation -----------------------------------------------------------------------------------------
+
+    @app.get("/v1/lmtailor/jobs/{job_id}/predictions", dependencies=guard)
+    async def predictions(job_id: str, limit: int = 500):
+        """An eval job's answers per example, each marked fixed / broken / same against the first model."""
+        job = _job(store, job_id)
+        path = store.home / "jobs" / job.id / "eval" / "predictions.jsonl"
+        if job.kind != "eval" or not path.is_file():
+            raise ApiError(404, f"{job_id} has no answers (yet)", param="job_id")
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = (job.options or {}).get("_names") or {}
+        return {"object": "list", "data": [_example(r, names) for r in rows[:limit]], "total": len(rows)}
+
+    # ---- arena -----------------------------------------------------------------------------------------------
+
+    @app.post("/v1/lmtailor/arena/votes", dependencies=guard)
+    async def vote(body: VoteBody):
+        for m in (body.model_a, body.model_b):
+            _find(pool, m)
+        if body.model_a == body.model_b:
+            raise ApiError(400, "the two models of a vote must differ", param="model_b")
+        store.add(Vote(id=new_id("vote"), created_at=now(), **body.model_dump()))
+        return await tally()
+
+    @app.get("/v1/lmtailor/arena/tally", dependencies=guard)
+    async def tally():
+        """Per model pair (in name order): wins of each, ties and both-bad."""
+        with store.session() as s:
+            rows = s.execute(select(Vote.model_a, Vote.model_b, Vote.winner, func.count()).group_by(
+                Vote.model_a, Vote.model_b, Vote.winner)).all()  # fmt: skip
+        pairs: dict[tuple[str, str], dict] = {}
+        for a, b, winner, n in rows:
+            first, second = sorted((a, b))
+            entry = pairs.setdefault((first, second), {"model_a": first, "model_b": second, "wins_a": 0,
+                                                       "wins_b": 0, "ties": 0, "both_bad": 0, "votes": 0})  # fmt: skip
+            if winner in ("a", "b"):
+                won = a if winner == "a" else b
+                entry["wins_a" if won == first else "wins_b"] += n
+            else:
+                entry["ties" if winner == "tie" else "both_bad"] += n
+            entry["votes"] += n
+        return {"object": "list", "data": sorted(pairs.values(), key=lambda e: -e["votes"])}
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(folder.resolve())
+
+
+def _find(pool, model_id: str):
+    from lmtailor.serve.pool import ModelNotFound
+
+    try:
+        return pool.find(model_id)
+    except ModelNotFound as e:
+        raise ApiError(404, str(e), param="model", code="model_not_found") from e
+
+
+def _user_errors(fn, *args):
+    """A data or model problem is the request's: a 400 with the message that names file and line."""
+    try:
+        return fn(*args)
+    except LmtailorError as e:
+        raise ApiError(400, str(e), param="file_id") from e
+
+
+def _model_card(store: Store, offer, job_model, loaded: set[str]) -> dict:
+    folder = Path(offer.ref)
+    card = None
+    if (folder / "lmtailor.json").is_file():
+        try:
+            card = json.loads((folder / "lmtailor.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            card = None
+    kind = "catalog" if not folder.is_dir() else "tuned" if card else "folder"
+    if job_model is not None:
+        kind = "checkpoint" if ":ckpt-step-" in offer.id else "fine-tuned"
+        job_card = _job_card(store, job_model)
+        if card is None:  # a checkpoint has no card of its own: its job's
+            card = job_card
+        elif job_card and isinstance((card.get("data") or {}).get("train"), dict):
+            card["data"]["train"]["file"] = job_card["data"]["train"]["file"]  # the name it was uploaded as
+    keys = ("base_model", "parent", "strategy", "hyperparameters", "data", "metrics", "defaults_chosen")
+    return {
+        "id": offer.id, "object": "model", "created": offer.created, "kind": kind,
+        "job": job_model.job_id if job_model else None, "loss": job_model.loss if job_model else None,
+        "adapter": bool(offer.adapter), "loaded": str(folder.resolve()) in loaded if folder.is_dir() else False,
+        "card": {k: card.get(k) for k in keys} if card else None,
+    }  # fmt: skip
+
+
+def _job_card(store: Store, job_model) -> dict | None:
+    from lmtailor.platform.store import Job
+
+    job = store.get(Job, job_model.job_id) if job_model.job_id else None
+    if job is None:
+        return None
+    asked = {k: v for k, v in (job.hyperparameters or {}).items() if v != "auto"}
+    hyper = {**asked, **(job.options or {}), **(job.chosen or {})}
+    train = store.get(StoredFile, job.training_file) if job.training_file else None
+    return {"base_model": job.model, "parent": None, "strategy": hyper.get("strategy", "auto"),
+            "hyperparameters": hyper, "metrics": {"loss": job_model.loss},
+            "data": {"train": {"file": train.filename if train else job.training_file}}}  # fmt: skip
+
+
+def _records_summary(records, tokenizer) -> dict:
+    from lmtailor.data.summary import summarize
+
+    return summarize(records, tokenizer)
+
+
+def _inspect(path: Path, filename: str, fmt: str, model_ref: str | None, home) -> dict:
+    from lmtailor.data.formats import load_records
+    from lmtailor.data.summary import summarize
+    from lmtailor.data.validate import token_length
+
+    result = load_records(path, fmt, on_error="skip")
+    tok = _tokenizer(model_ref, home)
+    summary = summarize(result.records, tok, result.formats)
+    lengths = [token_length(tok, r) for r in result.records] if tok is not None else []
+    return {
+        "filename": filename,
+        "rows": len(result.records) + len(result.errors),
+        "good": len(result.records),
+        "bad": len(result.errors),
+        "summary": summary,
+        "errors": [{"line": e.line, "reason": e.reason} for e in result.errors[:MAX_ERRORS]],
+        "preview": [{"line": r.line, **r.to_chat()} for r in result.records[:PREVIEW_ROWS]],
+        "histogram": _histogram(lengths),
+    }
+
+
+def _histogram(values: list[int], bins: int = HISTOGRAM_BINS) -> dict | None:
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    width = max(1, -(-(hi - lo + 1) // bins))
+    counts = [0] * (-(-(hi - lo + 1) // width))
+    for v in values:
+        counts[(v - lo) // width] += 1
+    return {"start": lo, "width": width, "counts": counts}
+
+
+def _tokenizer(model_ref: str | None, home):
+    if model_ref is None:
+        return None
+    from lmtailor.models.loading import load_tokenizer
+
+    return load_tokenizer(model_ref, home)
+
+
+def _clean(store: Store, f: StoredFile, body: CleanBody, model_ref: str | None) -> dict:
+    from lmtailor.data.clean import clean_records
+    from lmtailor.data.formats import load_records
+
+    result = load_records(store.path(f.path), body.format, on_error="skip")
+    tok = _tokenizer(model_ref, store.home)
+    kept, report = clean_records(result.records, dedup=body.dedup, near_dup_threshold=body.near_dup_threshold,
+                                 max_tokens=body.max_tokens, tokenizer=tok, mask_pii=body.mask_pii)  # fmt: skip
+    if not kept:
+        raise LmtailorError(f"no rows left after cleaning {f.filename}; nothing written")
+    stem = Path(f.filename).stem
+    new = _store_records(store, kept, f"{stem}.clean.jsonl", f.purpose)
+    return {"file": new, "report": {"input": report.pop("input"), "invalid": len(result.errors), **report},
+            "before": _records_summary(result.records, tok), "after": _records_summary(kept, tok)}  # fmt: skip
+
+
+def _split(store: Store, f: StoredFile, body: SplitBody) -> dict:
+    from lmtailor.data.formats import load_records
+    from lmtailor.data.split import SPLIT_NAMES, check_ratios, split_records
+
+    ratios = check_ratios(body.ratios)
+    result = load_records(store.path(f.path), body.format, on_error="skip")
+    parts = split_records(result.records, ratios, body.seed)
+    stem = Path(f.filename).stem
+    files = {}
+    for name, ratio in zip(SPLIT_NAMES, ratios, strict=False):
+        if ratio > 0 and parts[name]:
+            files[name] = {**_store_records(store, parts[name], f"{stem}.{name}.jsonl",
+                                            "evals" if name == "test" else f.purpose), "rows": len(parts[name])}  # fmt: skip
+    return {"files": files, "skipped": len(result.errors)}
+
+
+def _store_records(store: Store, records, filename: str, purpose: str) -> dict:
+    from lmtailor.platform.api import _file_json
+
+    file_id = new_id("file")
+    rel = f"files/{file_id}.jsonl"
+    text = "".join(json.dumps(r.to_chat(), ensure_ascii=False) + "\n" for r in records)
+    atomic_write_text(store.path(rel), text)
+    row = store.add(StoredFile(id=file_id, filename=filename, purpose=purpose, bytes=len(text.encode()),
+                               created_at=now(), path=rel))  # fmt: skip
+    return _file_json(row)
+
+
+def _example(row: dict, names: dict) -> dict:
+    """One test row: the prompt, the reference, each model's answer and scores, and how the last model did
+    against the first (fixed: wrong before, right now; broken: the reverse)."""
+    preds = row.get("predictions") or {}
+    order = list(preds)
+    change = None
+    if len(order) >= 2:
+        first, last = preds[order[0]].get("scores") or {}, preds[order[-1]].get("scores") or {}
+        metric = next((m for m in ("accuracy", "exact_match", "contains") if m in first and m in last), None)
+        if metric is None and first and last:
+            metric = next(iter(first))
+        if metric is not None and first.get(metric) is not None and last.get(metric) is not None:
+            a, b = float(first[metric]), float(last[metric])
+            change = "fixed" if b > a else "broken" if b < a else "same"
+    prompt = row.get("prompt")
+    question = prompt[-1]["content"] if isinstance(prompt, list) and prompt else prompt
+    return {"question": question, "reference": row.get("reference"), "change": change,
+            "answers": {names.get(n, n): {"answer": p.get("answer"), "scores": p.get("scores")}
+                        for n, p in preds.items()}}  # fmt: skip
+
+
+def _zip(folder: Path, cache: Path) -> Path:
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="download-", suffix=".zip", dir=cache)
+    with open(fd, "wb") as raw, zipfile.ZipFile(raw, "w", zipfile.ZIP_STORED) as z:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder)
+            if path.is_file() and rel.parts[0] != "checkpoints":
+                z.write(path, f"{folder.name}/{rel}")
+    return Path(name)
+
+
+def _memory_total() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,310 @@
+"""The web console in headless Chromium (Playwright), against a real server on 127.0.0.1 with tiny models:
+upload a bad file, train with a live curve, chat with the tuned model, the arena, evaluation, Chinese.
+
+Screenshots of each page go to tests/artifacts/console/ (or $LMTAILOR_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = (
+    Path(os.environ.get("LMTAILOR_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")) / "console"
+)
+ROWS = [("What is the capital of France?", "Paris."), ("Who wrote Hamlet?", "William Shakespeare."),
+        ("What is the largest ocean?", "The Pacific Ocean."), ("中国的首都是哪里？", "北京。")]  # fmt: skip
+LONG = 90_000  # ms: the longest wait for a training job of the tiny model
+
+
+def chat_lines(rows) -> str:
+    return "".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+                              ensure_ascii=False) + "\n" for q, a in rows)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def console(lively_llama_dir, lively_qwen2_dir, tmp_path_factory, server_class):
+    """A server with the job store and worker, serving two tiny models; the console at its root."""
+    from lmtailor.platform.store import Store
+    from lmtailor.platform.worker import Worker
+    from lmtailor.serve.app import create_app
+    from lmtailor.serve.pool import ModelPool
+
+    home = tmp_path_factory.mktemp("console-home")
+    store = Store(home)
+    worker = Worker(store, workers=1, poll=0.2)
+    pool = ModelPool(home=home, models=[str(lively_llama_dir), str(lively_qwen2_dir)], engine="transformers",
+                     dtype="float32", store=store)  # fmt: skip
+    server = server_class(create_app(pool, store=store, worker=worker), pool)
+    worker.start()
+    yield server
+    server.stop()
+    worker.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-quic",
+                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                              "--disable-sync"])  # fmt: skip
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, console):
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(console.url + "/#models")
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_a_bad_line_is_named_and_the_good_rows_previewed(page, tmp_path, lively_llama_dir):
+    data = tmp_path / "facts.jsonl"
+    lines = chat_lines(ROWS).splitlines()
+    lines.insert(2, '{"messages": [{"role": "user", "content": "no answer"')  # line 3: cut-off JSON
+    lines.insert(4, json.dumps({"messages": [{"role": "user", "content": "only a question"}]}))  # line 5
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    page.goto(page.url.split("#")[0] + "#data")
+    page.select_option("#data-model", lively_llama_dir.name)
+    page.set_input_files("#data-upload", str(data))
+    page.click("#data-upload-go")
+    errors = page.locator("#data-errors tbody tr")
+    errors.first.wait_for()
+    assert errors.count() == 2
+    assert errors.nth(0).locator("td").first.inner_text() == "facts.jsonl:3"
+    assert errors.nth(1).locator("td").first.inner_text() == "facts.jsonl:5"
+    assert "assistant" in errors.nth(1).inner_text()
+    assert "6 rows, 4 usable, 2 bad" in page.inner_text("#data-summary")
+    assert page.locator("#data-preview tbody tr").count() == 4
+    assert page.locator("#data-histogram rect.bar").count() >= 1
+    page.click("#data-clean")
+    page.locator("#clean-result").wait_for()
+    assert "4 rows before, 4 after" in page.inner_text("#clean-result")
+    shot(page, "data")
+
+
+def test_training_shows_a_growing_curve_then_the_tuned_model(page, console, tmp_path, lively_llama_dir):
+    client = console.client()
+    data = tmp_path / "train.jsonl"
+    data.write_text(chat_lines(ROWS * 4), encoding="utf-8")
+    uploaded = client.files.create(file=open(data, "rb"), purpose="fine-tune")
+    page.goto(page.url.split("#")[0] + "#train")
+    page.select_option("#train-model", lively_llama_dir.name)
+    page.locator(f"#train-file option[value='{uploaded.id}']").wait_for(state="attached")
+    page.select_option("#train-file", uploaded.id)
+    page.select_option("#train-strategy", "lora")
+    page.fill("#train-epochs", "25")
+    page.fill("#train-batch", "2")
+    page.fill("#train-lr", "0.01")
+    page.fill("#train-valratio", "0.25")
+    page.fill("#train-suffix", "console")
+    page.locator("#train-memory").filter(has_text=re.compile("Memory: about")).wait_for()
+    page.click("#train-go")
+    points = page.locator("#mon-chart circle.pt")
+    points.first.wait_for(timeout=LONG)
+    first = points.count()
+    page.wait_for_function(
+        f"document.querySelectorAll('#mon-chart circle.pt').length > {first}", timeout=LONG
+    )
+    assert "step" in page.inner_text("#mon-status")
+    page.locator("#mon-chart circle.pt[data-series=valid]").first.wait_for(timeout=LONG)
+    shot(page, "train")
+    page.locator("#mon-status.succeeded").wait_for(timeout=LONG * 6)
+    model = client.fine_tuning.jobs.list().data[0].fine_tuned_model
+    assert model.startswith(f"ft:{lively_llama_dir.name}:console:")
+    assert model in page.inner_text("#mon-status")
+
+
+def test_chat_streams_from_the_tuned_model(page):
+    page.goto(page.url.split("#")[0] + "#chat")
+    tuned = page.eval_on_selector_all("#chat-model option", "os => os.map(o => o.value)")
+    tuned = next(m for m in tuned if m.startswith("ft:") and ":ckpt-step-" not in m)
+    page.select_option("#chat-model", tuned)
+    page.fill("#chat-system", "You answer briefly.")
+    page.fill("#chat-temperature", "0")
+    page.fill("#chat-max", "12")
+    page.fill("#chat-input", "What is the capital of France?")
+    page.press("#chat-input", "Enter")
+    answer = page.locator(".msg.assistant .text").last
+    page.wait_for_function("!document.querySelector('.msg.assistant .text').classList.contains('streaming') && "
+                           "document.querySelector('.msg.assistant .text').textContent.length > 0")  # fmt: skip
+    assert answer.inner_text().strip()
+    assert page.locator(".msg.user .text").last.inner_text() == "What is the capital of France?"
+    shot(page, "chat")
+
+
+def test_arena_two_models_side_by_side_vote_and_tally(page, lively_llama_dir, lively_qwen2_dir):
+    page.goto(page.url.split("#")[0] + "#arena")
+    page.select_option("#arena-a", lively_llama_dir.name)
+    page.select_option("#arena-b", lively_qwen2_dir.name)
+    page.fill("#arena-prompt", "Tell me about the sea.")
+    page.click("#arena-go")
+    page.locator("#arena-vote").wait_for()
+    assert page.inner_text("#arena-out-a").strip() and page.inner_text("#arena-out-b").strip()
+    assert page.inner_text("#arena-name-a") == lively_llama_dir.name
+    page.click("#arena-vote button[data-vote=a]")
+    row = page.locator("#arena-tally tbody tr").first
+    row.wait_for()
+    assert row.locator("td").nth(1).inner_text() == "1"  # the pair in name order: lively-llama first
+    # blind: the names stay hidden until the vote
+    page.check("#arena-blind")
+    page.fill("#arena-prompt", "And about the mountains?")
+    page.click("#arena-go")
+    page.locator("#arena-vote").wait_for()
+    assert page.inner_text("#arena-name-a") == "Model A" and page.inner_text("#arena-name-b") == "Model B"
+    shot(page, "arena")
+    page.click("#arena-vote button[data-vote=tie]")
+    page.wait_for_function("document.querySelector('#arena-name-a').textContent !== 'Model A'")
+    names = {page.inner_text("#arena-name-a"), page.inner_text("#arena-name-b")}
+    assert names == {lively_llama_dir.name, lively_qwen2_dir.name}
+    page.wait_for_function(
+        "document.querySelector('#arena-tally tbody td:nth-child(4)')?.textContent === '1'"
+    )
+
+
+def test_evaluation_table_chart_and_examples(page, console, tmp_path, lively_llama_dir, lively_qwen2_dir):
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "reference": a},
+                                       ensure_ascii=False) + "\n" for q, a in ROWS), encoding="utf-8")  # fmt: skip
+    uploaded = console.client().files.create(file=open(test, "rb"), purpose="evals")
+    page.goto(page.url.split("#")[0] + "#evaluate")
+    page.locator(f"#eval-file option[value='{uploaded.id}']").wait_for(state="attached")
+    page.select_option("#eval-file", uploaded.id)
+    page.check(f"#eval-models input[value='{lively_llama_dir.name}']")
+    page.check(f"#eval-models input[value='{lively_qwen2_dir.name}']")
+    page.fill("#eval-metrics", "contains, chrf")
+    page.fill("#eval-tokens", "8")
+    page.click("#eval-go")
+    page.locator("#eval-result").wait_for(timeout=LONG)
+    rows = page.locator("#eval-table tbody tr")
+    assert rows.count() == 2 and re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", rows.nth(1).inner_text())
+    assert rows.nth(0).locator("td").first.inner_text() == lively_llama_dir.name  # as picked, not its folder
+    assert page.locator("#eval-chart rect.bar").count() == 4  # 2 metrics x 2 models
+    assert page.locator("#eval-examples tbody tr").count() == 4
+    shot(page, "evaluate")
+
+
+def test_models_jobs_and_errors_in_words(page, console, lively_llama_dir):
+    page.goto(page.url.split("#")[0] + "#models")
+    rows = page.locator("#models-table tbody tr", has_text=":console:")
+    rows.first.wait_for()
+    rows.filter(has_not_text="ckpt-step").first.click()  # the job's final model: its card from lmtailor.json
+    card = page.inner_text("#model-card")
+    assert "lora" in card and "learning_rate" in card and "train.jsonl, 12 rows" in card
+    rows.filter(has_text="ckpt-step").first.click()  # a checkpoint: the card of the job that made it
+    card = page.inner_text("#model-card")
+    assert "lora" in card and "train.jsonl" in card and lively_llama_dir.name in card
+    shot(page, "models")
+    page.goto(page.url.split("#")[0] + "#jobs")
+    done = page.locator("#jobs-table tbody tr.succeeded", has_text="fine_tune").first
+    done.wait_for()
+    done.click()
+    page.locator("#job-log").filter(has_text="The job has successfully completed").wait_for()
+    shot(page, "jobs")
+    # an error is a sentence in the banner, not a traceback
+    page.goto(page.url.split("#")[0] + "#arena")
+    page.select_option("#arena-b", page.input_value("#arena-a"))
+    page.fill("#arena-prompt", "hello")
+    page.click("#arena-go")
+    assert page.locator("#banner.error").inner_text() == "Pick two different models"
+
+
+def test_chinese_is_switched_and_remembered(page):
+    page.goto(page.url.split("#")[0] + "#train")
+    page.click("#lang")
+    assert page.inner_text("#tabs a[data-tab=models]") == "模型"
+    assert page.inner_text("#train-go") == "开始训练"
+    page.reload()
+    assert page.inner_text("#tabs a[data-tab=train]") == "训练"
+    assert page.evaluate("document.documentElement.lang") == "zh-CN"
+    shot(page, "train-zh")
+    page.click("#lang")
+    assert page.inner_text("#tabs a[data-tab=models]") == "Models"
+
+
+def test_a_narrow_screen_does_not_scroll_sideways(browser, console):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, locale="en-US")
+    page = context.new_page()
+    try:
+        for tab in ("chat", "arena", "train", "data"):
+            page.goto(console.url + "/#" + tab)
+            page.locator(f"#page-{tab}").wait_for()
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{tab} is {width} px wide on a 390 px screen"
+            shot(page, f"{tab}-narrow")
+    finally:
+        context.close()
+
+
+def test_console_api_split_estimate_votes_download_and_delete(console, tmp_path, lively_llama_dir):
+    """The endpoints behind the pages, through plain HTTP: each refuses bad input with a 400 in words."""
+    import io
+    import zipfile
+
+    import httpx
+
+    client, base = console.client(), console.url + "/v1/lmtailor"
+    data = tmp_path / "split.jsonl"
+    data.write_text(chat_lines([(f"Question {i}?", f"Answer {i}.") for i in range(20)]), encoding="utf-8")
+    f = client.files.create(file=open(data, "rb"), purpose="fine-tune")
+    parts = httpx.post(f"{base}/files/{f.id}/split", json={"ratios": [0.5, 0.25, 0.25], "seed": 3}).json()[
+        "files"
+    ]
+    assert {k: v["rows"] for k, v in parts.items()} == {"train": 10, "val": 5, "test": 5}
+    assert parts["test"]["purpose"] == "evals" and parts["train"]["purpose"] == "fine-tune"
+    again = httpx.post(f"{base}/files/{f.id}/split", json={"ratios": [0.5, 0.25, 0.25], "seed": 3}).json()[
+        "files"
+    ]
+    assert client.files.content(again["test"]["id"]).text == client.files.content(parts["test"]["id"]).text
+    bad = httpx.post(f"{base}/files/{f.id}/split", json={"ratios": [0.5, 0.7]})
+    assert bad.status_code == 400 and "ratio" in bad.json()["error"]["message"]
+
+    lora = httpx.post(f"{base}/estimate", json={"model": lively_llama_dir.name, "strategy": "lora"}).json()
+    full = httpx.post(f"{base}/estimate", json={"model": lively_llama_dir.name, "strategy": "full"}).json()
+    assert 0 < lora["trained_parameters"] < full["trained_parameters"] == full["parameters"]
+    assert (
+        lora["optimizer"] < full["optimizer"] and full["total"] > full["weights"] > 0 and full["machine"] > 0
+    )
+    missing = httpx.post(f"{base}/estimate", json={"model": "no-such-model"})
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
+
+    same = httpx.post(f"{base}/arena/votes", json={"model_a": lively_llama_dir.name, "model_b": lively_llama_dir.name,
+                                                   "winner": "a"})  # fmt: skip
+    assert same.status_code == 400
+
+    tuned = next(m.id for m in client.models.list() if m.id.startswith("ft:") and ":ckpt-step-" not in m.id)
+    got = httpx.get(f"{base}/models/{tuned}/download", timeout=60)
+    assert got.status_code == 200 and got.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(got.content)).namelist()
+    assert any(n.endswith("lmtailor.json") for n in names) and not any("/checkpoints/" in n for n in names)
+    base_model = httpx.delete(f"{console.url}/v1/models/{lively_llama_dir.name}")
+    assert base_model.status_code == 400 and lively_llama_dir.exists()  # only tuned models can be deleted
+    checkpoints = [m.id for m in client.models.list() if m.id.startswith(tuned + ":ckpt-step-")]
+    assert checkpoints
+    deleted = client.models.delete(tuned)
+    assert deleted.deleted and deleted.id == tuned
+    left = {m.id for m in client.models.list()}
+    assert tuned not in left and not left & set(checkpoints)  # its checkpoints lived in its folder
+    with pytest.raises(Exception, match="does not exist"):
+        client.chat.completions.create(
+            model=tuned, messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
