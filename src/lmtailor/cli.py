@@ -170,6 +170,45 @@ def quickstart(
 
 
 @app.command()
+def merge(
+    spec_file: Annotated[Path | None, typer.Argument(help="YAML merge spec (flags override it)")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="a tuned model to merge; give two or more")
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="linear, task_arithmetic, ties (default), dare_ties, dare_linear or slerp"),
+    ] = None,
+    weight: Annotated[list[float] | None, typer.Option("--weight", "-w", help="one per --model")] = None,
+    density: Annotated[
+        list[float] | None,
+        typer.Option("--density", help="ties/dare: share of each change kept, one per --model"),
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option(help="common base of task-vector methods (default: from cards)")
+    ] = None,
+    t: Annotated[float | None, typer.Option(help="slerp: 0 is the first model, 1 the second")] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="output folder")] = None,
+    name: Annotated[str | None, typer.Option(help="name of the merged model in the home")] = None,
+    home: HomeOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Merge two or more tuned models of one base into one model (mergekit: TIES, DARE, task arithmetic, ...).
+
+    Example: lmtailor merge -m support-bot -m billing-bot --method ties --weight 1 --weight 1 -o merged
+    """
+    with user_errors(debug):
+        _threads()
+        from lmtailor.merge.run import run_merge
+        from lmtailor.specs import MergeSpec, load_spec
+
+        spec = load_spec(MergeSpec, spec_file, {"models": model or None, "method": method, "weights": weight or None,
+                                                "densities": density or None, "base": base, "t": t,
+                                                "output": output, "name": name})  # fmt: skip
+        run_merge(spec, home=home, log=console.print)
+
+
+@app.command()
 def chat(
     model: Annotated[
         str,

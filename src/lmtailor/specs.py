@@ -120,6 +120,55 @@ class TrainSpec(_Spec):
         return self
 
 
+MERGE_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp")
+TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+
+
+class MergeSpec(_Spec):
+    """What `lmtailor merge` runs: two or more tuned models of one base into one model (through mergekit)."""
+
+    models: list[str] = Field(..., min_length=2, description="tuned models (folders or names in the home)")
+    method: Literal["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp"] = Field(
+        "ties", description="how weights combine: ties/dare resolve conflicts between the models' changes"
+    )
+    weights: list[float] | None = Field(
+        None, description="one weight per model (default: equal); task-vector methods scale each change"
+    )
+    densities: list[float] | None = Field(
+        None, description="ties/dare: fraction of each model's change kept, one per model (default 0.5)"
+    )
+    base: str | None = Field(
+        None, description="the common base for task-vector methods (default: the base named in the cards)"
+    )
+    t: float = Field(0.5, ge=0, le=1, description="slerp: 0 is the first model, 1 the second")
+    normalize: bool | None = Field(
+        None, description="divide by the sum of weights (default: mergekit's per method)"
+    )
+    output: str | None = Field(None, description="output folder (default: <home>/models/<name>)")
+    name: str | None = Field(None, description="name of the merged model (default: merged-<method>-<time>)")
+    seed: int = Field(0, description="seed of DARE's random drops")
+    trust_remote_code: bool = Field(
+        False, description="run code shipped with the models (off unless trusted)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> MergeSpec:
+        for key in ("weights", "densities"):
+            values = getattr(self, key)
+            if values is not None and len(values) != len(self.models):
+                raise ValueError(f"{key}: one per model ({len(self.models)}), got {len(values)}")
+        if self.densities is not None:
+            if self.method not in ("ties", "dare_ties", "dare_linear"):
+                raise ValueError(f"densities are for ties, dare_ties and dare_linear, not {self.method}")
+            if any(not 0 < d <= 1 for d in self.densities):
+                raise ValueError("densities must be in (0, 1]")
+        if self.method == "slerp" and len(self.models) != 2:
+            raise ValueError(f"slerp merges exactly two models, got {len(self.models)}")
+        if self.method == "slerp" and self.weights is not None:
+            raise ValueError("slerp takes t, not weights")
+        return self
+
+
 def load_spec(cls: type[_Spec], file: str | Path | None, overrides: dict[str, Any]) -> Any:
     """A spec from a YAML file with flags on top (flags that are None are left out)."""
     import yaml

@@ -47,7 +47,7 @@ def wait_until(check, timeout: float = 300, what: str = "condition"):
 
 
 @pytest.fixture(scope="module")
-def platform(lively_llama_dir, tmp_path_factory, server_class):
+def platform(lively_llama_dir, lora_tuned_dir, tmp_path_factory, server_class):
     """A server with the job store and worker (one job at a time), serving the tiny Llama."""
     from lmtailor.platform.store import Store
     from lmtailor.platform.worker import Worker
@@ -58,7 +58,11 @@ def platform(lively_llama_dir, tmp_path_factory, server_class):
     store = Store(home)
     worker = Worker(store, workers=1, poll=0.2)
     pool = ModelPool(
-        home=home, models=[str(lively_llama_dir)], engine="transformers", dtype="float32", store=store
+        home=home,
+        models=[str(lively_llama_dir), str(lora_tuned_dir)],
+        engine="transformers",
+        dtype="float32",
+        store=store,
     )
     server = server_class(create_app(pool, store=store, worker=worker, max_upload=1_000_000), pool)
     worker.start()
@@ -266,7 +270,7 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def test_evaluation_jobs_and_the_jobs_cli(platform, lively_llama_dir, tmp_path):
+def test_evaluation_and_merge_jobs_and_the_jobs_cli(platform, lively_llama_dir, lora_tuned_dir, tmp_path):
     from typer.testing import CliRunner
 
     from lmtailor.cli import app
@@ -288,8 +292,32 @@ def test_evaluation_jobs_and_the_jobs_cli(platform, lively_llama_dir, tmp_path):
     assert done.status == "succeeded", done.error
     result = httpx.get(platform.url + f"/v1/lmtailor/jobs/{created['id']}", timeout=30).json()["result"]
     assert result["data"]["rows"] == 4 and set(result["models"][0]["scores"]) == {"contains", "chrf"}
-    refused = httpx.post(platform.url + "/v1/lmtailor/jobs", json={"type": "merge"}, timeout=30)
+    refused = httpx.post(platform.url + "/v1/lmtailor/jobs", json={"type": "distill"}, timeout=30)
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "unsupported_job_type"
+    # a merge job: linear with weights (1, 0) is the first model again, served under its merged: name
+    merge = {
+        "type": "merge",
+        "suffix": "twins",
+        "spec": {
+            "models": [lively_llama_dir.name, lora_tuned_dir.name],
+            "method": "linear",
+            "weights": [1, 0],
+        },
+    }
+    made = httpx.post(platform.url + "/v1/lmtailor/jobs", json=merge, timeout=30).json()
+    merged = wait_for(client, made["id"], ("succeeded", "failed"))
+    assert merged.status == "succeeded", merged.error
+    assert merged.fine_tuned_model == f"merged:twins:{made['id']}"
+    ask = dict(messages=[{"role": "user", "content": "Hello"}], max_tokens=6, temperature=0)
+    same = client.chat.completions.create(model=lively_llama_dir.name, **ask).choices[0].message.content
+    assert (
+        client.chat.completions.create(model=merged.fine_tuned_model, **ask).choices[0].message.content
+        == same
+    )
+    for bad, param in (({"models": [lively_llama_dir.name]}, "spec.models"), ({"models": ["nope", "nope"]}, "spec.models[0]"),
+                       ({"models": [lively_llama_dir.name] * 2, "output": "/tmp/x"}, "spec.output")):  # fmt: skip
+        r = httpx.post(platform.url + "/v1/lmtailor/jobs", json={"type": "merge", "spec": bad}, timeout=30)
+        assert r.status_code in (400, 404) and r.json()["error"]["param"] == param, r.text
     # over the API a job reads only uploaded files and cannot turn on model code or pick the key it sends
     for bad, param in (({"data": "/etc/passwd"}, "spec.data"), ({"trust_remote_code": True}, "spec.trust_remote_code"),
                        ({"api_key_env": "AWS_SECRET"}, "spec.api_key_env"), ({"models": ["openai:@x"]}, "spec.models[0]"),

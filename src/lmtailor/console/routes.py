@@ -239,6 +239,8 @@ def _model_card(store: Store, offer, job_model, loaded: set[str]) -> dict:
     kind = "catalog" if not folder.is_dir() else "tuned" if card else "folder"
     if job_model is not None:
         kind = "checkpoint" if ":ckpt-step-" in offer.id else "fine-tuned"
+        if card and card.get("method") == "merge":
+            kind = "merged"
         job_card = _job_card(store, job_model)
         if card is None:  # a checkpoint has no card of its own: its job's
             card = job_card

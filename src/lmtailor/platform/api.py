@@ -237,8 +237,10 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
     @app.post("/v1/lmtailor/jobs", dependencies=guard)
     async def create_lmtailor_job(body: dict):
         kind = body.get("type")
+        if kind == "merge":
+            return _create_merge(body)
         if kind != "eval":
-            raise ApiError(400, f"job type {kind!r}: lmtailor runs 'eval' jobs here (merge comes later)",
+            raise ApiError(400, f"job type {kind!r}: lmtailor runs 'eval' and 'merge' jobs here",
                            param="type", code="unsupported_job_type")  # fmt: skip
         from lmtailor.evaluate.runner import parse_endpoint
         from lmtailor.evaluate.spec import EvalSpec
@@ -283,6 +285,45 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
                             options={**spec.model_dump(exclude={"output"}), NAMES: names}, created_at=now(), result_files=[],
                             job_metadata=body.get("metadata")))  # fmt: skip
         store.log(job.id, f"Created evaluation job: {job.id}")
+        worker.wake()
+        return _job_json(store, job)
+
+    def _create_merge(body: dict) -> dict:
+        """A merge job: `spec` holds MergeSpec keys, the models named as this server offers them; the merged
+        model is served as `merged:<suffix or method>:<job id>` when the job ends."""
+        from lmtailor.specs import MergeSpec
+
+        raw = body.get("spec")
+        if not isinstance(raw, dict):
+            raise ApiError(400, "spec: an object with models, method and the merge options", param="spec")
+        raw = dict(raw)
+        for key in ("output", "name", "trust_remote_code"):
+            if key in raw:
+                raise ApiError(400, f"spec.{key} is set by the server, not per job", param=f"spec.{key}")
+        models = raw.get("models")
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ApiError(400, "spec.models: a list of model names", param="spec.models")
+        raw["models"] = [_offered(pool, m, f"spec.models[{i}]") for i, m in enumerate(models)]
+        if isinstance(raw.get("base"), str):
+            raw["base"] = _offered(pool, raw["base"], "spec.base")
+        try:
+            spec = MergeSpec(**raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(map(str, err["loc"]))
+            raise ApiError(
+                400, f"spec.{where}: {err['msg']}", param=f"spec.{where}" if where else "spec"
+            ) from e
+        suffix = body.get("suffix")
+        if suffix is not None and not (
+            isinstance(suffix, str) and 0 < len(suffix) <= 64 and ":" not in suffix
+        ):
+            raise ApiError(400, "suffix: up to 64 characters, no ':'", param="suffix")
+        names = {ref: name for ref, name in zip(raw["models"], models, strict=True) if ref != name}
+        job = store.add(Job(id=new_id("mergejob"), kind="merge", status="queued", model=models[0], suffix=suffix,
+                            options={**spec.model_dump(exclude={"output", "name"}), NAMES: names},
+                            created_at=now(), result_files=[], job_metadata=body.get("metadata")))  # fmt: skip
+        store.log(job.id, f"Created merge job: {job.id}")
         worker.wake()
         return _job_json(store, job)
 

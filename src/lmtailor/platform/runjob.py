@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -41,6 +42,8 @@ def run(store: Store, job_id: str) -> None:
     try:
         if job.kind == "eval":
             _eval(store, job)
+        elif job.kind == "merge":
+            _merge(store, job)
         else:
             _fine_tune(store, job)
     except Paused:
@@ -202,6 +205,26 @@ def _eval(store: Store, job: Job) -> None:
     summary = {m["name"]: {k: v["value"] for k, v in m["scores"].items()} for m in result["models"]}
     store.log(job.id, "Evaluation finished", data=summary)
     store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), pid=None)
+
+
+def _merge(store: Store, job: Job) -> None:
+    from lmtailor.merge.run import run_merge
+    from lmtailor.specs import MergeSpec
+
+    out = job_dir(store, job) / "model"
+    options = {k: v for k, v in job.options.items() if k != "_names"}
+    spec = MergeSpec(**{**options, "output": str(out)})
+    store.transition(
+        job.id, ACTIVE, status="running", started_at=now(), output=store.rel(job_dir(store, job))
+    )
+    store.log(job.id, f"Merging {len(spec.models)} models with {spec.method}")
+    shutil.rmtree(out, ignore_errors=True)  # a merge interrupted by a killed server starts over
+    run_merge(spec, home=store.home, log=lambda line: store.log(job.id, line))
+    name = f"merged:{job.suffix or spec.method}:{job.id}"
+    card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
+    _register(store, name, job.id, out, card, None)
+    store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None)
+    store.log(job.id, f"Merged model created: {name}")
 
 
 class JobCallback:

@@ -115,6 +115,10 @@ def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600
 
         add_console_routes(app, store, pool, guard)
 
+    from lmtailor.graders.routes import add_grader_routes
+
+    add_grader_routes(app, guard)
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "engine": pool.engine_kind, "loaded": len(pool.engines())}

@@ -1,0 +1,168 @@
+"""OpenAI's graders, with OpenAI's semantics: hand-made cases and the examples of OpenAI's graders guide."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from lmtailor.graders.core import check, grade, render, sample_namespace
+from lmtailor.graders.formula import FormulaError, evaluate
+from lmtailor.graders.python_runner import run_python
+
+ITEM = {"reference_answer": "Paris", "label": "positive", "nested": {"city": "Paris", "list": ["a", "b"]}}
+
+
+def run(grader, output: str, item=ITEM, ask=None):
+    return grade(grader, sample_namespace(output), item, ask)
+
+
+def sc(op: str, reference: str = "{{ item.reference_answer }}"):
+    return {"type": "string_check", "name": "s", "input": "{{ sample.output_text }}", "reference": reference,
+            "operation": op}  # fmt: skip
+
+
+def test_templates_fill_item_and_sample_keys():
+    sample = sample_namespace('{"city": "Paris", "n": 3}')
+    assert render("{{item.nested.city}} / {{ item.nested.list.1 }}", sample, ITEM) == "Paris / b"
+    assert render("{{ sample.output_json.city }} {{ sample.output_json.n }}", sample, ITEM) == "Paris 3"
+    assert render("{{ item.missing }}|{{ sample.output_json.nope }}", sample, ITEM) == "|"
+    assert sample_namespace("not json")["output_json"] is None
+
+
+def test_string_check_operations():
+    # OpenAI's guide: eq / ne exact, like contains (case-sensitive), ilike contains ignoring case
+    assert run(sc("eq"), "Paris").reward == 1.0 and run(sc("eq"), "paris").reward == 0.0
+    assert run(sc("ne"), "Lyon").reward == 1.0 and run(sc("ne"), "Paris").reward == 0.0
+    assert run(sc("like"), "It is Paris.").reward == 1.0 and run(sc("like"), "It is PARIS.").reward == 0.0
+    assert run(sc("ilike"), "It is PARIS.").reward == 1.0 and run(sc("ilike"), "Lyon").reward == 0.0
+    guide = {"type": "string_check", "name": "Example string check grader", "input": "{{sample.output_text}}",
+             "reference": "{{item.label}}", "operation": "eq"}  # fmt: skip
+    assert run(guide, "positive").reward == 1.0 and run(guide, "negative").reward == 0.0
+
+
+@pytest.mark.parametrize(
+    ("metric", "same", "low"),
+    [("fuzzy_match", 1.0, 0.5), ("bleu", 1.0, 0.3), ("gleu", 1.0, 0.5), ("meteor", 0.99, 0.6),
+     ("rouge_1", 1.0, 0.7), ("rouge_2", 1.0, 0.5), ("rouge_5", 1.0, 0.5), ("rouge_l", 1.0, 0.7)],
+)  # fmt: skip
+def test_text_similarity_metrics(metric, same, low):
+    grader = {"type": "text_similarity", "name": "t", "input": "{{ sample.output_text }}",
+              "reference": "{{ item.text }}", "evaluation_metric": metric}  # fmt: skip
+    item = {"text": "the quick brown fox jumps over the lazy dog"}
+    identical = run(grader, item["text"], item).reward
+    near = run(grader, "the quick brown fox jumped over a lazy dog", item).reward
+    unrelated = run(grader, "completely different words here", item).reward
+    assert identical >= same and unrelated < near < identical and near > low * 0.5 and unrelated < 0.35
+
+
+def test_text_similarity_by_hand():
+    grader = {"type": "text_similarity", "name": "t", "input": "{{ sample.output_text }}", "reference": "abcd",
+              "evaluation_metric": "fuzzy_match"}  # fmt: skip
+    assert run(grader, "abce").reward == pytest.approx(0.75)  # 2 x 3 matching characters / 8
+    grader |= {"evaluation_metric": "gleu", "reference": "a b c"}
+    # n-grams of "a b d": a, b, d, a b, b d, a b d (6); of "a b c": 6; in common: a, b, a b -> 3 / 6
+    assert run(grader, "a b d").reward == pytest.approx(0.5)
+    cosine = run(grader | {"evaluation_metric": "cosine"}, "a b c")
+    assert cosine.reward == 0.0 and cosine.errors["other_error"]
+
+
+def test_python_grader_scores_and_fails_in_words(tmp_path):
+    source = "def grade(sample, item):\n    return float(sample['output_text'] == item['reference_answer'])\n"
+    grader = {"type": "python", "name": "p", "source": source}
+    assert run(grader, "Paris").reward == 1.0 and run(grader, "Lyon").reward == 0.0
+    boom = run(grader | {"source": "def grade(sample, item):\n    return 1 / 0\n"}, "x")
+    assert boom.reward == 0.0 and boom.errors["python_grader_runtime_error"]
+    assert "ZeroDivisionError" in boom.errors["python_grader_runtime_error_details"]
+    text = run(grader | {"source": "def grade(sample, item):\n    return 'high'\n"}, "x")
+    assert (
+        text.errors["python_grader_runtime_error"]
+        and "not a number" in text.errors["python_grader_runtime_error_details"]
+    )
+
+
+def test_python_grader_limits_time_memory_and_network():
+    slow = run_python("def grade(sample, item):\n    while True:\n        pass\n", {}, {}, time_limit=1.5)
+    assert slow.value is None and slow.kind == "timeout" and "time limit" in slow.error
+    greedy = run_python("def grade(sample, item):\n    x = bytearray(3 << 30)\n    return 1.0\n", {}, {})
+    assert greedy.value is None and "memory" in greedy.error.lower()
+    with socket.socket() as listener:  # a real listening port on this machine: the grader must not reach it
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        source = ("import socket\ndef grade(sample, item):\n"
+                  f"    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    return 1.0\n")  # fmt: skip
+        reached = run_python(source, {}, {})
+    assert reached.value is None and reached.kind == "runtime", reached
+    fine = run_python("def grade(sample, item):\n    return 0.25\n", {}, {})
+    assert fine.value == 0.25 and fine.error is None
+
+
+def test_multi_grader_formula_and_its_errors():
+    multi = {"type": "multi", "name": "m", "graders": {"exact": sc("eq"), "loose": sc("ilike")},
+             "calculate_output": "0.7 * exact + 0.3 * loose"}  # fmt: skip
+    got = run(multi, "paris")
+    assert got.reward == pytest.approx(0.3) and got.sub_rewards == {"exact": 0.0, "loose": 1.0}
+    assert run(multi | {"calculate_output": "max(exact, loose) ^ 2"}, "Paris").reward == 1.0
+    bad_var = run(multi | {"calculate_output": "exact + precision"}, "Paris")
+    assert bad_var.reward == 0.0 and bad_var.errors["invalid_variable_error"]
+    assert check(multi | {"calculate_output": "exact + precision"}).startswith("grader.calculate_output:")
+    for formula in (
+        "__import__('os').system('true')",
+        "exact.__class__",
+        "[exact]",
+        "exact if 1 else 0",
+        "exact +",
+    ):
+        with pytest.raises(FormulaError):
+            evaluate(formula, {"exact": 1.0})
+    assert evaluate("sqrt(a) + log(exp(b)) - abs(-1) + floor(1.5) + ceil(0.2)", {"a": 4, "b": 2}) == 5.0
+    assert run(multi | {"calculate_output": "exact / (loose - loose)"}, "Paris").errors["formula_parse_error"]
+
+
+def test_model_graders_parse_scores_and_labels():
+    """score_model / label_model semantics, with a fixed reply standing in for the grader model (the real
+    call through a server is tests/serve/test_graders_endpoint.py)."""
+
+    def says(text):
+        return lambda model, messages, params: (text, 7)
+
+    score = {"type": "score_model", "name": "s", "model": "judge", "range": [0, 10],
+             "input": [{"role": "user", "content": "Rate {{ sample.output_text }} against {{ item.reference_answer }}"}]}  # fmt: skip
+    assert run(score, "Paris", ask=says("Score: 8")).reward == 8.0
+    out_of_range = run(score, "Paris", ask=says("11"))
+    assert out_of_range.reward == 0.0 and out_of_range.errors["model_grader_parse_error"]
+    label = {"type": "label_model", "name": "l", "model": "judge", "labels": ["right", "wrong"],
+             "passing_labels": ["right"], "input": [{"role": "user", "content": "{{ sample.output_text }}"}]}  # fmt: skip
+    assert (
+        run(label, "x", ask=says("Right.")).reward == 1.0 and run(label, "x", ask=says("wrong")).reward == 0.0
+    )
+    assert run(label, "x", ask=says("maybe")).errors["model_grader_parse_error"]
+
+    def down(model, messages, params):
+        raise ConnectionError("connection refused")
+
+    failed = run(score, "x", ask=down)
+    assert (
+        failed.errors["model_grader_server_error"]
+        and "refused" in failed.errors["model_grader_server_error_details"]
+    )
+    seen = []
+    run(score, "Lyon", ask=lambda m, msgs, p: seen.append(msgs) or ("1", 1))
+    assert seen[0][0]["content"] == "Rate Lyon against Paris"
+
+
+def test_check_names_the_bad_key():
+    assert check(
+        {"type": "string_check", "name": "s", "input": "x", "reference": "y", "operation": "regex"}
+    ) == ("grader.operation: one of eq, ne, like, ilike")
+    assert "evaluation_metric" in check({"type": "text_similarity", "name": "t", "input": "x", "reference": "y",
+                                         "evaluation_metric": "bertscore"})  # fmt: skip
+    assert "grade(sample, item)" in check(
+        {"type": "python", "name": "p", "source": "def score(s, i): return 1"}
+    )
+    assert "does not parse" in check({"type": "python", "name": "p", "source": "def grade(:"})
+    assert "passing_labels" in check({"type": "label_model", "name": "l", "model": "m", "input": [{"role": "user",
+                                      "content": "x"}], "labels": ["a"], "passing_labels": ["b"]})  # fmt: skip
+    assert check({"type": "nope", "name": "x"}).startswith("grader.type:")
+    assert check(sc("eq")) is None
