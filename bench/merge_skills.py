@@ -54,7 +54,9 @@ def main() -> None:
     train_file, test_file = sample_files(home)
     load = lambda p: [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]  # noqa: E731
     train_a, train_b, test_a, test_b = split_by_fact(load(train_file), load(test_file))
-    print(f"set A: {len(train_a)} training rows, {len(test_a)} questions; set B: {len(train_b)}, {len(test_b)}")
+    print(
+        f"set A: {len(train_a)} training rows, {len(test_a)} questions; set B: {len(train_b)}, {len(test_b)}"
+    )
     models = {}
     for name, rows in (("tuned-a", train_a), ("tuned-b", train_b)):
         out = work / name

@@ -77,6 +77,15 @@ def train(
     name: Annotated[str | None, typer.Option(help="tuned model name in the home")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="auto | chat | alpaca | sharegpt")] = None,
     on_error: Annotated[str | None, typer.Option(help="bad rows: fail | skip")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="sft | dpo (preference rows) | reinforcement (prompt rows; its grader in a YAML spec)"
+        ),
+    ] = None,
+    beta: Annotated[
+        float | None, typer.Option(help="dpo: how far from the reference model (higher: less)")
+    ] = None,
     strategy: Annotated[str | None, typer.Option(help="auto | lora | full | freeze")] = None,
     freeze_layers: Annotated[int | None, typer.Option(help="freeze: train only the last N layers")] = None,
     freeze_modules: Annotated[list[str] | None, typer.Option(help="freeze: train only these modules")] = None,
@@ -123,15 +132,17 @@ def train(
     home: HomeOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Fine-tune a model (SFT) on your data; unset hyperparameters are chosen from the data and model size.
+    """Fine-tune a model on your data (SFT, or DPO on preference rows); unset hyperparameters are chosen from the
+    data and model size.
 
-    Example: lmtailor train --model smollm2-135m-instruct --data train.jsonl --output my-model
+    Example: lmtailor train --model smollm2-135m-instruct --data train.jsonl --output my-model ;
+    lmtailor train --method dpo --model my-model --data prefs.jsonl --output my-model-dpo
     """
     from lmtailor.specs import TrainSpec, load_spec
 
     flags = {
         "model": model, "data": data, "val_data": val_data, "val_ratio": val_ratio, "output": output,
-        "name": name, "format": fmt, "on_error": on_error, "strategy": strategy, "freeze_layers": freeze_layers,
+        "name": name, "format": fmt, "on_error": on_error, "method": method, "beta": beta, "strategy": strategy, "freeze_layers": freeze_layers,
         "freeze_modules": freeze_modules or None, "lora_r": lora_r, "lora_alpha": lora_alpha,
         "lora_dropout": lora_dropout, "lora_target_modules": lora_target_modules or None,
         "learning_rate": learning_rate, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,

@@ -31,7 +31,26 @@ class TrainSpec(_Spec):
     )
     output: str | None = Field(None, description="output folder (default: <home>/models/<name>)")
     name: str | None = Field(None, description="name of the tuned model in the home (default: derived)")
-    method: Literal["sft"] = Field("sft", description="training method")
+    method: Literal["sft", "dpo", "reinforcement"] = Field(
+        "sft",
+        description="sft: learn the answers; dpo: prefer `chosen` over `rejected` (preference data); "
+        "reinforcement: sample answers and reward them with `grader` (GRPO)",
+    )
+    beta: float = Field(
+        0.1, gt=0, description="dpo: how far the model may move from the reference (higher: less)"
+    )
+    grader: dict[str, Any] | None = Field(
+        None, description="reinforcement: an OpenAI grader object (docs/graders.md)"
+    )
+    num_generations: int = Field(
+        4, ge=2, description="reinforcement: answers sampled per prompt and compared"
+    )
+    max_completion_length: int = Field(
+        64, ge=1, description="reinforcement: longest sampled answer in tokens"
+    )
+    eval_samples: int | None = Field(
+        None, ge=1, description="reinforcement: validation rows graded at each evaluation"
+    )
     strategy: Literal["auto", "lora", "full", "freeze"] = Field(
         "auto",
         description="auto: models up to 1.5B train their MLP blocks (up to 5000 rows) or all weights; larger: LoRA",

@@ -151,9 +151,14 @@ def test_requests_the_jobs_api_refuses(platform, lively_llama_dir, tmp_path):
     client = platform.client()
     f = client.files.create(file=open(chat_file(tmp_path / "t.jsonl"), "rb"), purpose="fine-tune")
     with pytest.raises(openai.BadRequestError) as e:
-        client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id,
-                                       method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}})  # fmt: skip
-    assert e.value.code == "unsupported_method"
+        client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id, method={
+            "type": "reinforcement", "reinforcement": {"grader": {"type": "string_check", "name": "s", "input": "x",
+                                                                  "reference": "x", "operation": "regex"}}})  # fmt: skip
+    assert e.value.body["param"] == "method.reinforcement.grader.operation"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id, method={"type": "supervised",
+                                       "supervised": {"hyperparameters": {"beta": 0.1}}})  # fmt: skip
+    assert e.value.body["param"] == "hyperparameters.beta"
     with pytest.raises(openai.NotFoundError) as e:
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=f.id)
     assert e.value.code == "model_not_found"
@@ -340,3 +345,63 @@ def test_evaluation_and_merge_jobs_and_the_jobs_cli(platform, lively_llama_dir, 
     assert shown.exit_code == 0 and job_id in shown.output
     missing = runner.invoke(app, ["jobs", "show", "ftjob-nope", *url])
     assert missing.exit_code == 1 and "404" in missing.output
+
+
+def test_a_dpo_job_through_the_sdk(platform, lively_llama_dir, tmp_path):
+    """OpenAI's preference fine-tuning request: method dpo with beta; rewards logged as metrics events."""
+    rows = []
+    for q, good in ROWS:
+        rows.append({"input": {"messages": [{"role": "user", "content": q}]},
+                     "preferred_output": [{"role": "assistant", "content": good}],
+                     "non_preferred_output": [{"role": "assistant", "content": "I do not know."}]})  # fmt: skip
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows * 2), encoding="utf-8")
+    client = platform.client()
+    f = client.files.create(file=open(data, "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(
+        model=lively_llama_dir.name, training_file=f.id, suffix="prefs",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2, "batch_size": 4}}},
+        extra_body={"lmtailor": {"strategy": "lora", "lora_r": 4, "learning_rate": 5e-3, "val_ratio": 0.25}},
+    )  # fmt: skip
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+    done = wait_for(client, job.id, ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    assert any("train_reward_accuracies" in m for m in metrics) and any(
+        "valid_reward_margins" in m for m in metrics
+    )
+    answer = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}],
+                                            max_tokens=4)  # fmt: skip
+    assert answer.choices[0].message.content is not None
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "a"}) + "\n", encoding="utf-8")
+    fb = client.files.create(file=open(bad, "rb"), purpose="fine-tune")
+    failed = wait_for(client, client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=fb.id,
+                                                             method={"type": "dpo"}).id, ("succeeded", "failed"))  # fmt: skip
+    assert failed.status == "failed" and failed.error.code == "invalid_training_file"
+    assert f"{fb.id} (bad.jsonl):1: chosen and rejected are the same" in failed.error.message
+
+
+def test_a_reinforcement_job_with_a_grader(platform, lively_llama_dir, tmp_path):
+    """OpenAI's reinforcement request as written for OpenAI: a grader and its hyperparameters; the grader's
+    rewards come back as metrics events."""
+    rows = [{"messages": [{"role": "user", "content": q}], "reference_answer": a} for q, a in ROWS]
+    data = tmp_path / "rl.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    client = platform.client()
+    f = client.files.create(file=open(data, "rb"), purpose="fine-tune")
+    grader = {"type": "text_similarity", "name": "close", "input": "{{ sample.output_text }}",
+              "reference": "{{ item.reference_answer }}", "evaluation_metric": "fuzzy_match"}  # fmt: skip
+    job = client.fine_tuning.jobs.create(
+        model=lively_llama_dir.name, training_file=f.id,
+        method={"type": "reinforcement", "reinforcement": {"grader": grader, "hyperparameters": {
+            "n_epochs": 1, "batch_size": 2, "compute_multiplier": 0.5, "eval_interval": 1, "eval_samples": 2}}},
+        extra_body={"lmtailor": {"strategy": "lora", "lora_r": 4, "learning_rate": 1e-2, "val_ratio": 0.25,
+                                 "max_completion_length": 8}},
+    )  # fmt: skip
+    assert job.method.type == "reinforcement"
+    done = wait_for(client, job.id, ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
+    assert any("train_reward" in m for m in metrics) and any("valid_reward" in m for m in metrics)
+    assert all(0 <= m["train_reward"] <= 1 for m in metrics if "train_reward" in m)

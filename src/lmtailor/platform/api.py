@@ -25,7 +25,8 @@ PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "vision", "
 # any URL, so the server's operator sets it on purpose, apart from OPENAI_API_KEY.
 ENDPOINT_KEY_ENV = "LMTAILOR_ENDPOINT_API_KEY"
 NAMES = "_names"  # an eval job's options: the folder each asked-for model name loads -> that name
-UNSUPPORTED = {"dpo": "preference (DPO)", "reinforcement": "reinforcement"}
+UNSUPPORTED: dict[str, str] = {}
+RL_HYPERPARAMETERS = ("eval_interval", "eval_samples", "compute_multiplier", "reasoning_effort")
 
 
 class Hyperparameters(BaseModel):
@@ -33,12 +34,15 @@ class Hyperparameters(BaseModel):
     n_epochs: Literal["auto"] | int = Field("auto", json_schema_extra={"minimum": 1})
     batch_size: Literal["auto"] | int = "auto"
     learning_rate_multiplier: Literal["auto"] | float = "auto"
+    beta: Literal["auto"] | float = "auto"  # dpo only
 
     def checked(self) -> dict:
         for name in ("n_epochs", "batch_size"):
             value = getattr(self, name)
             if value != "auto" and value < 1:
                 raise ApiError(400, f"{name} must be 'auto' or at least 1", param=f"hyperparameters.{name}")
+        if self.beta != "auto" and self.beta <= 0:
+            raise ApiError(400, "beta must be 'auto' or above 0", param="hyperparameters.beta")
         lr = self.learning_rate_multiplier
         if lr != "auto" and lr <= 0:
             raise ApiError(400, "learning_rate_multiplier must be 'auto' or above 0",
@@ -131,13 +135,24 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
     @app.post("/v1/fine_tuning/jobs", dependencies=guard)
     async def create_job(body: JobCreate):
         method = body.method or {"type": "supervised"}
+        if not isinstance(method, dict):
+            raise ApiError(400, "method: an object with a type", param="method")
         kind = method.get("type", "supervised")
         if kind in UNSUPPORTED:
             raise ApiError(400, f"{UNSUPPORTED[kind]} fine-tuning is not available in lmtailor yet; use "
-                           "method type 'supervised'", param="method.type", code="unsupported_method")  # fmt: skip
-        if kind != "supervised":
+                           "method type 'supervised' or 'dpo'", param="method.type", code="unsupported_method")  # fmt: skip
+        if kind not in ("supervised", "dpo", "reinforcement"):
             raise ApiError(400, f"unknown method type {kind!r}", param="method.type")
-        raw = (method.get("supervised") or {}).get("hyperparameters") or body.hyperparameters or {}
+        section = method.get(kind) or {}
+        if not isinstance(section, dict):
+            raise ApiError(400, f"method.{kind}: an object with hyperparameters", param=f"method.{kind}")
+        raw = section.get("hyperparameters") or body.hyperparameters or {}
+        if not isinstance(raw, dict):
+            raise ApiError(400, "hyperparameters: an object", param="hyperparameters")
+        if kind != "dpo" and "beta" in raw:
+            raise ApiError(400, "hyperparameters.beta is for method dpo", param="hyperparameters.beta")
+        rl_options = _reinforcement(section, raw) if kind == "reinforcement" else {}
+        raw = {k: v for k, v in raw.items() if k not in RL_HYPERPARAMETERS}
         try:
             hp = Hyperparameters(**raw).checked()
         except ValidationError as e:
@@ -152,9 +167,18 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
                 if f.purpose != "fine-tune":
                     raise ApiError(400, f"{file_id} has purpose {f.purpose!r}, not 'fine-tune'", param=param)
         options = _options(body.lmtailor or {})
+        if kind == "dpo":
+            options = {**options, "method": "dpo"}
+        else:
+            hp.pop("beta", None)
+        if kind == "reinforcement":
+            options = {**options, **rl_options}
+            hp.update(
+                {k: v for k, v in (section.get("hyperparameters") or {}).items() if k in RL_HYPERPARAMETERS}
+            )
         job = store.add(Job(id=new_id("ftjob"), kind="fine_tune", status="queued", model=body.model, base_ref=base_ref,
                             training_file=body.training_file, validation_file=body.validation_file,
-                            method={"type": "supervised", "supervised": {"hyperparameters": hp}},
+                            method={"type": kind, kind: {"hyperparameters": hp}},
                             hyperparameters=hp, options=options, suffix=body.suffix,
                             seed=body.seed if body.seed is not None else 42, job_metadata=body.metadata,
                             created_at=now(), result_files=[]))  # fmt: skip
@@ -349,6 +373,33 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
             for m in result.get("models", []):  # the names the client asked with, not the folders they load
                 m["name"] = names.get(m["name"], m["name"])
         return data
+
+
+def _reinforcement(section: dict, hp: dict) -> dict:
+    """TrainSpec keys of OpenAI's reinforcement method: its grader (checked now) and hyperparameters."""
+    from lmtailor.graders.core import check
+
+    grader = section.get("grader")
+    if why := check(grader, "method.reinforcement.grader"):
+        raise ApiError(400, why, param=why.split(":", 1)[0])
+    out: dict = {"method": "reinforcement", "grader": grader}
+    for key, target in (("eval_interval", "eval_steps"), ("eval_samples", "eval_samples")):
+        value = hp.get(key, "auto")
+        if value != "auto":
+            if not isinstance(value, int) or value < 1:
+                raise ApiError(400, f"{key} must be 'auto' or a whole number of at least 1",
+                               param=f"hyperparameters.{key}")  # fmt: skip
+            out[target] = value
+    multiplier = hp.get("compute_multiplier", "auto")
+    if multiplier != "auto":
+        if not isinstance(multiplier, int | float) or multiplier <= 0:
+            raise ApiError(
+                400,
+                "compute_multiplier must be 'auto' or above 0",
+                param="hyperparameters.compute_multiplier",
+            )
+        out["num_generations"] = max(2, round(4 * multiplier))
+    return out
 
 
 def _options(extra: dict) -> dict:

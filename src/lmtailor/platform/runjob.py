@@ -100,6 +100,7 @@ def train_spec(store: Store, job: Job, out: Path):
         "epochs": auto("n_epochs"),
         "batch_size": auto("batch_size"),
         "learning_rate_multiplier": float(multiplier) if multiplier is not None else 1.0,
+        "beta": auto("beta"),
         "seed": job.seed,
         "keep_checkpoints": True,
         "save_total_limit": 3,  # as OpenAI keeps: the last three
@@ -116,9 +117,22 @@ def _fine_tune(store: Store, job: Job) -> None:
     store.log(job.id, "Validating training file: " + job.training_file)
     out = job_dir(store, job) / "model"
     spec = train_spec(store, job, out)
-    n_rows = len(load_records(spec.data, spec.format, on_error="fail").records)  # bad lines: DataError
-    if spec.val_data:
-        load_records(spec.val_data, spec.format, on_error="fail")
+    if spec.method == "dpo":  # bad lines: DataError, named by line
+        from lmtailor.data.preference import load_preferences
+
+        n_rows = len(load_preferences(spec.data)[0])
+        if spec.val_data:
+            load_preferences(spec.val_data)
+    elif spec.method == "reinforcement":
+        from lmtailor.train.rft import load_prompts
+
+        n_rows = len(load_prompts(spec.data))
+        if spec.val_data:
+            load_prompts(spec.val_data)
+    else:
+        n_rows = len(load_records(spec.data, spec.format, on_error="fail").records)
+        if spec.val_data:
+            load_records(spec.val_data, spec.format, on_error="fail")
     store.log(job.id, f"Files validated: {n_rows} training rows")
     store.transition(
         job.id,
@@ -242,7 +256,7 @@ class JobCallback:
 
             def on_log(self, args, state, control, logs=None, **kw):
                 logs = logs or {}
-                if "loss" not in logs and "eval_loss" not in logs:
+                if not {"loss", "eval_loss", "reward", "eval_reward"} & set(logs):
                     return
                 self.last_loss = logs.get("loss", self.last_loss)
                 data = {"step": state.global_step, "total_steps": state.max_steps}
@@ -252,7 +266,21 @@ class JobCallback:
                     data["valid_loss"] = logs["eval_loss"]
                 if "learning_rate" in logs:
                     data["learning_rate"] = logs["learning_rate"]
-                text = ", ".join(f"{k}={v:.4g}" for k, v in data.items() if k.endswith(("loss", "rate")))
+                if "reward" in logs or "eval_reward" in logs:  # reinforcement: the grader's mean reward
+                    data["train_reward" if "reward" in logs else "valid_reward"] = logs.get(
+                        "reward", logs.get("eval_reward")
+                    )
+                for key in ("rewards/accuracies", "rewards/margins"):  # dpo: train and validation
+                    for prefix in ("", "eval_"):
+                        if prefix + key in logs:
+                            data[("valid_" if prefix else "train_") + key.replace("rewards/", "reward_")] = (
+                                logs[prefix + key]
+                            )
+                text = ", ".join(
+                    f"{k}={v:.4g}"
+                    for k, v in data.items()
+                    if k.endswith(("loss", "rate", "accuracies", "margins"))
+                )
                 self.store.log(self.job_id, f"Step {state.global_step}/{state.max_steps}: {text}", type="metrics",
                                data=data)  # fmt: skip
 

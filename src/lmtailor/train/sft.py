@@ -26,6 +26,14 @@ def run_sft(
 ) -> Path:
     """Train `spec.model` on `spec.data`; return the tuned model folder. `callbacks`: extra transformers
     TrainerCallbacks (the job worker's: events, checkpoints, pause)."""
+    if spec.method == "dpo":
+        from lmtailor.train.dpo import run_dpo
+
+        return run_dpo(spec, home=home, log=log, progress=progress, callbacks=callbacks)
+    if spec.method == "reinforcement":
+        from lmtailor.train.rft import run_rft
+
+        return run_rft(spec, home=home, log=log, progress=progress, callbacks=callbacks)
     import torch
 
     from lmtailor.data.tokenize import tokenize_record, tokenize_records

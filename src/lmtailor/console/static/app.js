@@ -327,10 +327,11 @@ async function launch() {
   if (maxlen !== undefined) options.max_length = maxlen;
   const valRatio = Number($("#train-valratio").value);
   if (valRatio > 0) options.val_ratio = valRatio;
+  const kind = $("#train-method").value;
   const hp = { n_epochs: numberOr($("#train-epochs").value) ?? "auto", batch_size: numberOr($("#train-batch").value, (v) => parseInt(v, 10)) ?? "auto" };
   const job = await api("/fine_tuning/jobs", { method: "POST", body: {
     model: $("#train-model").value, training_file: $("#train-file").value, validation_file: $("#train-val").value || undefined,
-    suffix: $("#train-suffix").value.trim() || undefined, method: { type: "supervised", supervised: { hyperparameters: hp } }, lmtailor: options } });
+    suffix: $("#train-suffix").value.trim() || undefined, method: { type: kind, [kind]: { hyperparameters: hp } }, lmtailor: options } });
   banner(t("train.started", { id: job.id }), "info");
   monitor(job.id);
 }
