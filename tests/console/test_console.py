@@ -228,6 +228,28 @@ def test_models_jobs_and_errors_in_words(page, console, lively_llama_dir):
     assert page.locator("#banner.error").inner_text() == "Pick two different models"
 
 
+def test_merge_from_the_models_page(page, lively_llama_dir):
+    """The tuned model and its base, averaged (linear): a merge job from the page, the result in the table."""
+    page.goto(page.url.split("#")[0] + "#models")
+    tuned = page.eval_on_selector_all("#merge-models input", "xs => xs.map(x => x.value)")
+    tuned = next(m for m in tuned if m.startswith("ft:"))
+    page.check(f"#merge-models input[value='{lively_llama_dir.name}']")
+    page.check(f"#merge-models input[value='{tuned}']")
+    page.select_option("#merge-method", "linear")
+    page.fill("#merge-suffix", "blend")
+    page.click("#merge-go")
+    page.locator("#merge-status.succeeded").wait_for(timeout=LONG)
+    assert "merged:blend:" in page.inner_text("#merge-status")
+    row = page.locator("#models-table tbody tr", has_text="merged:blend:")
+    row.wait_for()
+    assert "merged" in row.locator("td").nth(1).inner_text()
+    page.uncheck(f"#merge-models input[value='{tuned}']")
+    page.check(f"#merge-models input[value='{lively_llama_dir.name}']")
+    page.click("#merge-go")  # one model only: refused in words
+    assert page.locator("#banner.error").inner_text() == "Pick two or more models to merge"
+    shot(page, "models-merge")
+
+
 def test_chinese_is_switched_and_remembered(page):
     page.goto(page.url.split("#")[0] + "#train")
     page.click("#lang")

@@ -113,6 +113,7 @@ def run_rft(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
         per_device_train_batch_size=batch, per_device_eval_batch_size=batch, num_generations=gens,
         max_completion_length=spec.max_completion_length, temperature=1.0, beta=0.0,
         logging_steps=1, eval_strategy="steps" if val else "no", eval_steps=spec.eval_steps or steps_per_epoch,
+        eval_on_start=bool(val),  # the validation reward before any step: the baseline the run is measured against
         save_strategy="steps", save_steps=spec.save_steps or max(steps_per_epoch, 10),
         save_total_limit=spec.save_total_limit, bf16=precision == "bf16", use_cpu=device == "cpu", seed=spec.seed,
         report_to=[], disable_tqdm=True, dataloader_num_workers=0, lr_scheduler_type=spec.scheduler,

@@ -205,8 +205,11 @@ function barChart(box, groups, shared = false) {
 // ---- Models ---------------------------------------------------------------------------------------------
 async function showModels() {
   await loadModels();
+  const picked = new Set($$("#merge-models input:checked").map((i) => i.value));
+  $("#merge-models").replaceChildren(...state.models.filter((m) => m.kind !== "checkpoint").map((m) =>
+    el("label", {}, el("input", { type: "checkbox", value: m.id, checked: picked.has(m.id) }), " ", m.id)));
   $("#models-table tbody").replaceChildren(...state.models.map((m) => el("tr", { class: "clickable", onclick: () => showCard(m) },
-    el("td", {}, m.id), el("td", {}, m.kind), el("td", {}, m.card?.base_model ?? "–"),
+    el("td", {}, m.id), el("td", {}, m.kind), el("td", { title: m.card?.base_model ?? "" }, m.card?.base_model?.split("/").at(-1) ?? "–"),
     el("td", {}, m.card?.strategy ?? "–"), el("td", {}, num(m.loss ?? m.card?.metrics?.final_loss, 4)), el("td", {}, when(m.created)))));
 }
 function showCard(m) {
@@ -238,6 +241,23 @@ async function removeModel(id) {
   await api(`/models/${encodeURIComponent(id)}`, { method: "DELETE" });
   banner(t("models.deleted", { id }), "info");
   $("#model-card").hidden = true;
+  await showModels();
+}
+
+async function merge() {
+  const models = $$("#merge-models input:checked").map((i) => i.value);
+  if (models.length < 2) throw new Error(t("merge.pick"));
+  const weights = $("#merge-weights").value.split(/[,，\s]+/).filter(Boolean).map(Number);
+  const spec = { models, method: $("#merge-method").value, ...(weights.length ? { weights } : {}) };
+  let job = await api("/lmtailor/jobs", { method: "POST", body: { type: "merge", spec, suffix: $("#merge-suffix").value.trim() || undefined } });
+  while (!FINAL.includes(job.status)) {
+    $("#merge-status").textContent = t("merge.running", { id: job.id, status: job.status });
+    await new Promise((ok) => setTimeout(ok, 1000));
+    job = await api(`/lmtailor/jobs/${job.id}`);
+  }
+  $("#merge-status").className = "status " + job.status;
+  if (job.status !== "succeeded") throw new Error(job.error?.message ?? job.status);
+  $("#merge-status").textContent = t("merge.done", { model: job.fine_tuned_model });
   await showModels();
 }
 
@@ -544,6 +564,7 @@ function start() {
     if ($("#key-dialog").returnValue === "ok") { localStorage.setItem("lmtailor.key", $("#key-input").value.trim()); route(); }
   });
   $("#banner").onclick = () => { $("#banner").hidden = true; };
+  $("#merge-go").onclick = (e) => busy(e.target, merge);
   $("#data-upload-go").onclick = (e) => busy(e.target, upload);
   $("#data-inspect").onclick = (e) => busy(e.target, inspect);
   $("#data-clean").onclick = (e) => busy(e.target, clean);

@@ -52,6 +52,9 @@ export const WORDS = {
     "arena.winsB": "wins (second)", "arena.ties": "ties", "arena.bads": "both bad",
     "arena.same": "Pick two different models", "arena.hidden": "Model {side}", "arena.thanks": "Vote saved",
     "jobs.title": "Jobs", "working": "Working…",
+    "merge.title": "Merge models", "merge.hint": "Two or more models of one base into one (mergekit). Task-vector methods take the base from the models' cards.",
+    "merge.method": "Method", "merge.weights": "Weights (one per model, blank: equal)", "merge.go": "Merge",
+    "merge.pick": "Pick two or more models to merge", "merge.running": "Merge {id}: {status}", "merge.done": "Merged model: {model}",
     "error.network": "The server did not answer: is lmtailor serve still running?",
   },
   zh: {
@@ -106,6 +109,9 @@ export const WORDS = {
     "arena.winsB": "胜（后者）", "arena.ties": "平局", "arena.bads": "都不好",
     "arena.same": "请选择两个不同的模型", "arena.hidden": "模型 {side}", "arena.thanks": "投票已保存",
     "jobs.title": "任务", "working": "处理中…",
+    "merge.title": "合并模型", "merge.hint": "把同一基座的两个或多个模型合并为一个（mergekit）。任务向量类方法从模型卡中读取基座。",
+    "merge.method": "方法", "merge.weights": "权重（每个模型一个，留空则相等）", "merge.go": "合并",
+    "merge.pick": "请选择两个或更多要合并的模型", "merge.running": "合并任务 {id}：{status}", "merge.done": "合并后的模型：{model}",
     "error.network": "服务器没有响应：lmtailor serve 还在运行吗？",
   },
 };
