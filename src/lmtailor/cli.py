@@ -129,6 +129,9 @@ def train(
     trust_remote_code: Annotated[
         bool | None, typer.Option("--trust-remote-code", help="run the model's own code")
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan and the memory it needs, train nothing")
+    ] = False,
     home: HomeOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -153,12 +156,40 @@ def train(
     }  # fmt: skip
     with user_errors(debug):
         train_spec = load_spec(TrainSpec, spec, flags)
+        if dry_run:
+            _print_dry_run(train_spec, home)
+            return
         _threads()
         from lmtailor.train.sft import run_sft
 
         out = run_sft(train_spec, home=home)
     console.print(f"[green]tuned model:[/green] {out}")
     console.print(f"chat with it:  lmtailor chat {out}")
+
+
+def _print_dry_run(spec, home) -> None:
+    from lmtailor.train.memory import dry_run
+
+    got = dry_run(spec, home)
+    plan, mem = got["plan"], got["memory"]
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    console.print(f"{got['model']} on {got['device']} ({got['precision']}): {got['rows']} training rows, "
+                  f"{got['val_rows']} for validation")  # fmt: skip
+    for key in ("strategy", "learning_rate", "epochs", "batch_size", "max_length"):
+        console.print(f"  {key} = {plan[key]}  ({plan['why'].get(key, 'as given')})")
+    table = Table("memory per device", "estimate")
+    for key in ("weights", "gradients", "optimizer", "activations", "logits", "runtime", "total"):
+        table.add_row(key, gib(mem[key]))
+    console.print(table)
+    have = max(got["devices"])
+    verdict = (
+        "[green]fits[/green]"
+        if got["fits"]
+        else "[red]does not fit[/red]: lower the batch size or max length, or use LoRA"
+    )
+    console.print(
+        f"{len(got['devices'])} device(s) with {gib(have)}: {verdict} (the estimate: docs/benchmarks.md)"
+    )
 
 
 @app.command()

@@ -63,3 +63,37 @@ def estimate(config_dir: str | Path, strategy: str, batch_size: int, max_length:
     }
     out["total"] = sum(v for k, v in out.items() if k not in ("parameters", "trained_parameters"))
     return out
+
+
+def dry_run(spec, home=None) -> dict:
+    """What `lmtailor train --dry-run` prints: the plan lmtailor would choose for this spec and data, and the
+    memory it needs per device against the memory found. Reads the data and the model's config and
+    tokenizer; loads no weights."""
+    import psutil
+
+    from lmtailor.data.tokenize import tokenize_record
+    from lmtailor.models.catalog import resolve
+    from lmtailor.models.loading import _count_parameters, best_device, load_tokenizer
+    from lmtailor.train.defaults import choose
+    from lmtailor.train.sft import _precision, load_train_val
+
+    train, val = load_train_val(spec)
+    base = resolve(spec.model, home)
+    tok = load_tokenizer(base, trust_remote_code=spec.trust_remote_code)
+    device = best_device()
+    lengths = [len(tokenize_record(tok, r)[0]["input_ids"]) for r in train]
+    params = _count_parameters(base.path) or 0
+    plan = choose(spec, len(train), lengths, params, on_gpu=device == "cuda")
+    kind = "mlp" if plan.strategy == "freeze" and plan.freeze_modules == ["mlp"] else plan.strategy
+    precision = _precision(spec, device)
+    need = estimate(base.path, kind, plan.batch_size, plan.max_length, spec.lora_r,
+                    dtype_bytes=2 if precision in ("bf16", "fp16") else 4, parameters=params or None)  # fmt: skip
+    if device == "cuda":
+        import torch
+
+        devices = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    else:
+        devices = [psutil.virtual_memory().total]
+    return {"model": spec.model, "device": device, "precision": precision, "rows": len(train),
+            "val_rows": len(val), "plan": plan.as_dict(), "memory": need, "devices": devices,
+            "fits": need["total"] <= 0.9 * max(devices)}  # fmt: skip
