@@ -94,9 +94,10 @@ def add_console_routes(app: FastAPI, store: Store, pool, guard: list) -> None:
             s.execute(delete(Checkpoint).where(Checkpoint.model.in_(gone)))
             s.execute(delete(Model).where(Model.name.in_(gone)))
         # the folder goes last and by rename first: a crash leaves it registered or gone, never half deleted
-        trash = folder.with_name(f".deleted-{folder.name}-{new_id('x')}")
-        folder.rename(trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        if folder.is_dir():  # gone already (deleted by hand): the registration is what remained
+            trash = folder.with_name(f".deleted-{folder.name}-{new_id('x')}")
+            folder.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
         pool.forget(model_id)
         return {"id": model_id, "object": "model", "deleted": True}
 
