@@ -166,3 +166,34 @@ def test_check_names_the_bad_key():
                                       "content": "x"}], "labels": ["a"], "passing_labels": ["b"]})  # fmt: skip
     assert check({"type": "nope", "name": "x"}).startswith("grader.type:")
     assert check(sc("eq")) is None
+
+
+def test_graders_never_crash_on_shapes_names_or_numbers_they_did_not_expect():
+    multi = {"type": "multi", "name": "m", "graders": {"a": sc("eq")}, "calculate_output": "min"}
+    assert "not a grader here" in check(multi)
+    bare = run(multi, "Paris")
+    assert bare.reward == 0.0 and bare.errors["invalid_variable_error"]  # a function name is not a value
+    huge = run(multi | {"calculate_output": "a * 1e308 * 10 + 1e308 * 10"}, "Paris")
+    assert huge.reward == 0.0 and huge.errors["other_error"]  # inf is not a reward
+    nan = run({"type": "python", "name": "p", "source": "def grade(s, i):\n    return float('nan')\n"}, "x")
+    assert nan.reward == 0.0 and nan.errors["other_error"]
+    label = {"type": "label_model", "name": "l", "model": "m", "input": [{"role": "user", "content": "x"}],
+             "labels": [1, 2], "passing_labels": [1]}  # fmt: skip
+    assert check(label) == "grader.labels: a list of strings"
+    assert "list of messages" in check(
+        {"type": "score_model", "name": "s", "model": "m", "input": ["Rate it"]}
+    )
+    odd = {"type": "score_model", "name": "s", "model": "m", "input": ["Rate it"]}
+    got = run(odd, "x", ask=lambda model, messages, params: ("1", 1))
+    assert got.reward == 0.0 and any(v is True for v in got.errors.values())  # a reason, not a crash
+
+
+def test_a_grader_that_starts_a_process_is_stopped_with_it():
+    import time
+
+    start = time.monotonic()
+    got = run_python("import subprocess\ndef grade(sample, item):\n    subprocess.Popen(['sleep', '600'])\n"
+                     "    return 1.0\n", {}, {}, time_limit=5)  # fmt: skip
+    assert (
+        got.value == 1.0 and time.monotonic() - start < 5
+    )  # the sleeping child does not hold the result back

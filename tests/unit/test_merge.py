@@ -114,6 +114,10 @@ def test_incompatible_models_are_refused_with_the_reason(tiny_llama_dir, tiny_qw
         run_merge(MergeSpec(models=[str(a), str(a)], method="linear"), home=tmp_path, log=quiet)
     with pytest.raises(ValueError, match="one per model"):
         MergeSpec(models=[str(a), str(plain)], weights=[1.0])
+    lora_only = tmp_path / "lora-only"
+    (lora_only / "adapter").mkdir(parents=True)
+    with pytest.raises(LmtailorError, match="merge: true"):
+        run_merge(MergeSpec(models=[str(a), str(lora_only)], method="linear"), home=tmp_path, log=quiet)
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
 

@@ -15,6 +15,7 @@ goes on (OpenAI does the same); `check` is where a bad grader object is refused 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -51,6 +52,7 @@ class Result:
         errors["model_grader_server_error_details"] = self.errors.get("model_grader_server_error_details")
         errors["python_grader_runtime_error_details"] = self.errors.get("python_grader_runtime_error_details")
         errors["python_grader_server_error_type"] = self.errors.get("python_grader_server_error_type")
+        errors["other_error_details"] = self.errors.get("other_error_details")  # lmtailor's: the reason
         return {"reward": self.reward, "sub_rewards": self.sub_rewards,
                 "model_grader_token_usage_per_model": {},
                 "metadata": {"name": self.name, "type": self.type, "errors": errors, "execution_time": self.seconds,
@@ -85,8 +87,12 @@ def check(grader, where: str = "grader") -> str | None:
         why = check_source(str(grader["source"]))
         return f"{where}.source: {why}" if why else None
     if kind in ("score_model", "label_model"):
-        if not isinstance(grader["input"], list) or not grader["input"]:
-            return f"{where}.input: a list of messages"
+        if (
+            not isinstance(grader["input"], list)
+            or not grader["input"]
+            or not all(isinstance(m, dict) for m in grader["input"])
+        ):
+            return f'{where}.input: a list of messages ({{"role": …, "content": …}})'
         if kind == "score_model":
             rng = grader.get("range", [0, 1])
             if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int | float) for x in rng)
@@ -94,6 +100,9 @@ def check(grader, where: str = "grader") -> str | None:
                 return f"{where}.range: two numbers, low < high"
         else:
             labels, passing = grader["labels"], grader["passing_labels"]
+            for key, value in (("labels", labels), ("passing_labels", passing)):
+                if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                    return f"{where}.{key}: a list of strings"
             if not labels or not set(passing) <= set(labels):
                 return f"{where}.passing_labels: a subset of labels"
     if kind == "multi":
@@ -165,11 +174,17 @@ def grade(grader: dict, sample: dict, item, ask: Ask | None = None) -> Result:
             _model(grader, sample, item, ask, result)
         else:
             _multi(grader, sample, item, ask, result)
+        if not math.isfinite(result.reward):
+            raise GraderFailure(f"the grader gave {result.reward}, not a finite number")
     except GraderFailure as e:
         result.reward = 0.0
         result.errors[e.flag] = True
         if e.detail_key:
             result.errors[e.detail_key] = str(e)
+    except Exception as e:  # a shape check() let through: still a reward of 0 and a reason, never a crash
+        result.reward = 0.0
+        result.errors["other_error"] = True
+        result.errors["other_error_details"] = f"{type(e).__name__}: {e}"
     result.seconds = time.monotonic() - start
     return result
 

@@ -30,7 +30,10 @@ def parse(formula: str, names: set[str]) -> ast.Expression:
     except SyntaxError as e:
         raise FormulaError(f"calculate_output {formula!r} does not parse: {e.msg}") from None
     for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id not in names and node.id not in FUNCTIONS:
+        called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        if isinstance(node, ast.Name) and (
+            node.id not in names if id(node) not in called else node.id not in FUNCTIONS
+        ):
             known = ", ".join(sorted(names)) or "none"
             raise FormulaError(f"calculate_output uses {node.id!r}, which is not a grader here (graders: {known})",
                                variable=True)  # fmt: skip
@@ -64,5 +67,5 @@ def evaluate(formula: str, values: dict[str, float]) -> float:
 
     try:
         return float(walk(tree))
-    except (ArithmeticError, ValueError, TypeError) as e:
+    except (ArithmeticError, ValueError, TypeError, LookupError) as e:
         raise FormulaError(f"calculate_output {formula!r}: {e}") from None

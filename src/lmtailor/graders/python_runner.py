@@ -1,10 +1,12 @@
 """The python grader: `def grade(sample, item) -> float` run in a child process with a time limit, a memory
 limit and no network.
 
-No network: the child first tries to enter a new network namespace of its own (Linux `unshare`, allowed to
-root or with user namespaces), where no interface but an unconnected loopback exists; where that is not
-allowed it replaces the socket module's constructors, which stops ordinary code (requests, urllib, socket)
-but not a determined one, so run untrusted graders where the namespace is allowed. Memory: RLIMIT_AS.
+No network: the child first tries to enter a new network namespace of its own (Linux `unshare`: as root, or
+inside a new user namespace where the kernel allows those), where no interface but an unconnected loopback
+exists; where neither is allowed it replaces the socket module's constructors, which stops ordinary code
+but not a determined one (a subprocess, say). Memory: RLIMIT_AS. Time: the child and everything it started
+(its own process group) are killed at the limit. The child runs as the server's user and can read what
+that user can: run a server that accepts graders from others as a dedicated user.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ limit = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 isolated = False
 try:
-    isolated = ctypes.CDLL(None, use_errno=True).unshare(0x40000000) == 0  # CLONE_NEWNET
+    libc = ctypes.CDLL(None, use_errno=True)
+    # a new network namespace: as root directly, else inside a new user namespace where that is allowed
+    isolated = libc.unshare(0x40000000) == 0 or libc.unshare(0x10000000 | 0x40000000) == 0
 except Exception:
     pass
 if not isolated:
@@ -40,21 +44,24 @@ if not isolated:
     except ImportError:
         pass
 payload = json.load(open(sys.argv[1], encoding="utf-8"))
+def report(result):
+    with open(sys.argv[3], "w", encoding="utf-8") as f:
+        json.dump(result, f)
 namespace = {"__name__": "grader"}
 try:
     exec(compile(payload["source"], "<grader>", "exec"), namespace)
     value = namespace["grade"](payload["sample"], payload["item"])
 except MemoryError:
-    print(json.dumps({"error": "the grader ran out of its memory limit"}))
+    report({"error": "the grader ran out of its memory limit"})
     sys.exit(0)
 except BaseException as e:
     import traceback
-    print(json.dumps({"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)}))
+    report({"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)})
     sys.exit(0)
 if isinstance(value, bool) or not isinstance(value, (int, float)):
-    print(json.dumps({"error": f"grade() returned {type(value).__name__} {value!r}, not a number"}))
+    report({"error": f"grade() returned {type(value).__name__} {value!r}, not a number"})
 else:
-    print(json.dumps({"value": float(value)}))
+    report({"value": float(value)})
 """
 
 
@@ -64,6 +71,16 @@ class PythonResult:
     error: str | None = None
     kind: str | None = None  # runtime | timeout | server
     seconds: float = 0.0
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
 
 
 def check_source(source: str) -> str | None:
@@ -85,20 +102,36 @@ def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
         json.dump({"source": source, "sample": sample, "item": item}, f)
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
-    try:
-        out = subprocess.run([sys.executable, "-I", "-c", CHILD, f.name, str(memory_limit)], capture_output=True,
-                             text=True, timeout=time_limit, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return PythonResult(None, f"the grader ran past its time limit of {time_limit:g} s", "timeout",
-                            time.monotonic() - start)  # fmt: skip
-    finally:
-        os.unlink(f.name)
+    result = f.name + ".out"
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
+        # the result comes through a file: a process the grader started may hold stdout open long after
+        proc = subprocess.Popen([sys.executable, "-I", "-c", CHILD, f.name, str(memory_limit), result],
+                                stdout=subprocess.DEVNULL, stderr=errors, env=env, stdin=subprocess.DEVNULL,
+                                start_new_session=True)  # fmt: skip
+        try:
+            proc.wait(timeout=time_limit)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            _kill_group(proc)  # anything the grader started dies with it
+            os.unlink(f.name)
+        errors.seek(0)
+        stderr = errors.read()
     seconds = time.monotonic() - start
-    lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
-    if not lines:
-        why = (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+    try:
+        with open(result, encoding="utf-8") as r:
+            got = json.load(r)
+        os.unlink(result)
+    except (OSError, json.JSONDecodeError):
+        got = None
+    if got is None:
+        if timed_out:
+            return PythonResult(
+                None, f"the grader ran past its time limit of {time_limit:g} s", "timeout", seconds
+            )
+        why = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return PythonResult(None, f"the grader process failed: {why}", "server", seconds)
-    got = json.loads(lines[-1])
     if "error" in got:
         return PythonResult(None, got["error"], "runtime", seconds)
     return PythonResult(got["value"], None, None, seconds)

@@ -6,7 +6,7 @@
                      → renamed into place (a crash leaves no half model)
 
 The arithmetic is mergekit's (linear, task arithmetic, TIES, DARE, SLERP); what lmtailor adds is choosing
-the base from the models' cards, LoRA-only folders as `base+adapter`, the checks and the card.
+the base from the models' cards, the checks and the card.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def run_merge(spec: MergeSpec, home=None, log: Callable[[str], None] = print) -> Path:
     from lmtailor.models.catalog import resolve
 
+    for m in spec.models:
+        folder = Path(m).expanduser()
+        if (folder / "adapter").is_dir() and not (folder / "config.json").exists():
+            raise SpecError(f"{m} holds only a LoRA adapter (trained with merge: false): merging needs the "
+                            "merged weights; train it again with merge: true")  # fmt: skip
     parents = [resolve(m, home) for m in spec.models]
     folders = [str(p.path.resolve()) for p in parents]
     if len(set(folders)) < len(folders):
@@ -122,14 +127,11 @@ def _vocab_hash(folder: Path) -> str | None:
 
 
 def _weights_ref(parent) -> str:
-    """What mergekit loads: the folder, or `base+adapter` for a LoRA model saved without merged weights."""
+    """What mergekit loads: the folder's full weights (not an adapter's file)."""
     folder = parent.path
-    if any(folder.glob("*.safetensors")):
+    if any(f.name != "adapter_model.safetensors" for f in folder.glob("*.safetensors")):
         return str(folder)
-    adapter = folder / "adapter"
-    if parent.card and parent.card.get("base_path") and (adapter / "adapter_config.json").exists():
-        return f"{parent.card['base_path']}+{adapter}"
-    raise ModelError(f"{folder} holds no weights to merge (no *.safetensors, no adapter/)")
+    raise ModelError(f"{folder} holds no full weights to merge (no model*.safetensors)")
 
 
 def _mergekit_config(spec: MergeSpec, refs: list[str], base: Path | None, config: dict) -> dict:

@@ -386,7 +386,7 @@ def _reinforcement(section: dict, hp: dict) -> dict:
     for key, target in (("eval_interval", "eval_steps"), ("eval_samples", "eval_samples")):
         value = hp.get(key, "auto")
         if value != "auto":
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ApiError(400, f"{key} must be 'auto' or a whole number of at least 1",
                                param=f"hyperparameters.{key}")  # fmt: skip
             out[target] = value
