@@ -20,10 +20,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 from starlette.background import BackgroundTask
 
+from lmtailor.data.summary import summarize, write_jsonl
 from lmtailor.errors import LmtailorError
-from lmtailor.home import atomic_write_text
 from lmtailor.platform.store import Checkpoint, Model, Store, Vote, new_id, now
 from lmtailor.platform.store import File as StoredFile
+from lmtailor.serve.app import _find
 from lmtailor.serve.protocol import ApiError
 
 PREVIEW_ROWS = 20
@@ -162,7 +163,9 @@ def add_console_routes(app: FastAPI, store: Store, pool, guard: list) -> None:
             raise ApiError(400, str(e), param="model") from e
         out = estimate(folder, body.strategy, body.batch_size, body.max_length, body.lora_r,
                        parameters=info.get("parameters"))  # fmt: skip
-        return {**out, "machine": _memory_total()}
+        import psutil
+
+        return {**out, "machine": psutil.virtual_memory().total}
 
     # ---- evaluation -----------------------------------------------------------------------------------------
 
@@ -210,15 +213,6 @@ def add_console_routes(app: FastAPI, store: Store, pool, guard: list) -> None:
 
 def _inside(path: Path, folder: Path) -> bool:
     return Path(path).resolve().is_relative_to(folder.resolve())
-
-
-def _find(pool, model_id: str):
-    from lmtailor.serve.pool import ModelNotFound
-
-    try:
-        return pool.find(model_id)
-    except ModelNotFound as e:
-        raise ApiError(404, str(e), param="model", code="model_not_found") from e
 
 
 def _user_errors(fn, *args):
@@ -270,21 +264,14 @@ def _job_card(store: Store, job_model) -> dict | None:
             "data": {"train": {"file": train.filename if train else job.training_file}}}  # fmt: skip
 
 
-def _records_summary(records, tokenizer) -> dict:
-    from lmtailor.data.summary import summarize
-
-    return summarize(records, tokenizer)
-
-
 def _inspect(path: Path, filename: str, fmt: str, model_ref: str | None, home) -> dict:
     from lmtailor.data.formats import load_records
-    from lmtailor.data.summary import summarize
     from lmtailor.data.validate import token_length
 
     result = load_records(path, fmt, on_error="skip")
     tok = _tokenizer(model_ref, home)
-    summary = summarize(result.records, tok, result.formats)
-    lengths = [token_length(tok, r) for r in result.records] if tok is not None else []
+    lengths = [token_length(tok, r) for r in result.records] if tok is not None else None
+    summary = summarize(result.records, tok, result.formats, lengths)
     return {
         "filename": filename,
         "rows": len(result.records) + len(result.errors),
@@ -293,7 +280,7 @@ def _inspect(path: Path, filename: str, fmt: str, model_ref: str | None, home) -
         "summary": summary,
         "errors": [{"line": e.line, "reason": e.reason} for e in result.errors[:MAX_ERRORS]],
         "preview": [{"line": r.line, **r.to_chat()} for r in result.records[:PREVIEW_ROWS]],
-        "histogram": _histogram(lengths),
+        "histogram": _histogram(lengths or []),
     }
 
 
@@ -329,7 +316,7 @@ def _clean(store: Store, f: StoredFile, body: CleanBody, model_ref: str | None) 
     stem = Path(f.filename).stem
     new = _store_records(store, kept, f"{stem}.clean.jsonl", f.purpose)
     return {"file": new, "report": {"input": report.pop("input"), "invalid": len(result.errors), **report},
-            "before": _records_summary(result.records, tok), "after": _records_summary(kept, tok)}  # fmt: skip
+            "before": summarize(result.records, tok), "after": summarize(kept, tok)}  # fmt: skip
 
 
 def _split(store: Store, f: StoredFile, body: SplitBody) -> dict:
@@ -353,9 +340,8 @@ def _store_records(store: Store, records, filename: str, purpose: str) -> dict:
 
     file_id = new_id("file")
     rel = f"files/{file_id}.jsonl"
-    text = "".join(json.dumps(r.to_chat(), ensure_ascii=False) + "\n" for r in records)
-    atomic_write_text(store.path(rel), text)
-    row = store.add(StoredFile(id=file_id, filename=filename, purpose=purpose, bytes=len(text.encode()),
+    write_jsonl(records, store.path(rel))
+    row = store.add(StoredFile(id=file_id, filename=filename, purpose=purpose, bytes=store.path(rel).stat().st_size,
                                created_at=now(), path=rel))  # fmt: skip
     return _file_json(row)
 
@@ -390,14 +376,3 @@ def _zip(folder: Path, cache: Path) -> Path:
             if path.is_file() and rel.parts[0] != "checkpoints":
                 z.write(path, f"{folder.name}/{rel}")
     return Path(name)
-
-
-def _memory_total() -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

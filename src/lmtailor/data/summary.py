@@ -16,9 +16,13 @@ from lmtailor.data.validate import token_length
 
 
 def summarize(
-    records: Sequence[Record], tokenizer: Any = None, formats: Mapping[str, int] | None = None
+    records: Sequence[Record],
+    tokenizer: Any = None,
+    formats: Mapping[str, int] | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Rows, formats (from LoadResult.formats), roles, messages per row, extra keys, token percentiles."""
+    """Rows, formats (from LoadResult.formats), roles, messages per row, extra keys, token percentiles (from
+    `lengths` when the caller has counted them already, else through `tokenizer`)."""
     turns = [len(r.messages) for r in records]
     summary: dict[str, Any] = {
         "rows": len(records),
@@ -28,8 +32,10 @@ def summarize(
         "with_system": sum(1 for r in records if r.messages and r.messages[0].role == "system"),
         "extra_keys": dict(Counter(k for r in records for k in r.extra)),
     }
-    if tokenizer is not None:
-        summary["tokens"] = _percentiles([token_length(tokenizer, r) for r in records])
+    if lengths is None and tokenizer is not None:
+        lengths = [token_length(tokenizer, r) for r in records]
+    if lengths is not None:
+        summary["tokens"] = _percentiles(list(lengths))
     return summary
 
 
