@@ -188,6 +188,67 @@ class MergeSpec(_Spec):
         return self
 
 
+class SynthSpec(_Spec):
+    """What `lmtailor data synth` runs: documents -> question-answer pairs, paraphrases, filters, splits."""
+
+    docs: list[str] = Field(..., min_length=1, description="documents or folders (.txt .md .html .pdf .docx)")
+    generator: str = Field(
+        ...,
+        description="the model that writes the pairs: catalog name, folder, or an endpoint openai:MODEL@BASE_URL",
+    )
+    pairs_per_chunk: int = Field(3, ge=1, le=20, description="question-answer pairs asked for per chunk")
+    paraphrases: int = Field(
+        3, ge=0, le=10, description="rewordings of each question (more: answers new phrasings better)"
+    )
+    eval_paraphrases: int = Field(
+        1, ge=0, le=5, description="paraphrases per pair held out of training, for evaluation"
+    )
+    lang: Literal["auto", "en", "zh"] = Field("auto", description="prompt language (auto: per chunk)")
+    output: str | None = Field(None, description="training file (default synth.jsonl); the others beside it")
+    chunk_tokens: int = Field(300, ge=32, le=8192, description="chunk size in tokens, headings included")
+    tokenizer: str | None = Field(
+        None,
+        description="model whose tokenizer measures chunks (default: a local generator's, else the embedded)",
+    )
+    chunk_overlap: int = Field(40, ge=0, description="tokens shared by neighbouring chunks")
+    grounding: Literal["overlap", "judge", "off"] = Field(
+        "overlap",
+        description="how answers are checked against their chunk: word overlap, the generator as judge, or not",
+    )
+    min_overlap: float = Field(
+        0.6, ge=0, le=1, description="overlap: share of the answer's content words that must be in the chunk"
+    )
+    near_duplicate: float = Field(
+        0.8, gt=0, le=1, description="questions this alike (character 5-gram Jaccard) count as duplicates"
+    )
+    min_question_chars: int = Field(4, ge=1, description="shorter questions are dropped")
+    max_question_chars: int = Field(300, ge=8, description="longer questions are dropped")
+    max_answer_chars: int = Field(500, ge=1, description="longer answers are dropped")
+    concurrency: int = Field(
+        4, ge=1, le=64, description="requests in flight to an endpoint / prompts per batch on a local model"
+    )
+    retries: int = Field(2, ge=0, le=10, description="new tries for a failed request or an unreadable reply")
+    temperature: float = Field(0.3, ge=0, le=2, description="generator temperature (retries: at least 0.7)")
+    max_new_tokens: int = Field(512, ge=16, le=8192, description="longest generator reply in tokens")
+    seed: int = Field(0, description="seed of sampling")
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="environment variable holding the key of an `openai:` generator"
+    )
+    trust_remote_code: bool = Field(False, description="run code shipped with a local generator")
+
+    @model_validator(mode="after")
+    def _check(self) -> SynthSpec:
+        if self.chunk_overlap >= self.chunk_tokens // 2:
+            raise ValueError(
+                f"chunk_overlap {self.chunk_overlap}: less than half of chunk_tokens ({self.chunk_tokens})"
+            )
+        if self.eval_paraphrases > self.paraphrases:
+            raise ValueError(
+                f"eval_paraphrases {self.eval_paraphrases}: at most paraphrases ({self.paraphrases})"
+            )
+        return self
+
+
 def load_spec(cls: type[_Spec], file: str | Path | None, overrides: dict[str, Any]) -> Any:
     """A spec from a YAML file with flags on top (flags that are None are left out)."""
     import yaml

@@ -250,6 +250,37 @@ def test_merge_from_the_models_page(page, lively_llama_dir):
     shot(page, "models-merge")
 
 
+def test_synthesize_a_training_file_from_documents(page, tmp_path, lively_llama_dir):
+    """Two documents uploaded from the Data page, a served model as generator: the job's counts on the page and
+    its training file among the uploaded files (a random tiny model writes little worth keeping)."""
+    md = tmp_path / "tower.md"
+    md.write_text("# Tower\n\n" + " ".join(f"Door {i} is blue." for i in range(10)), encoding="utf-8")
+    txt = tmp_path / "塔.txt"
+    txt.write_text("".join(f"第{i}扇门是蓝色的。" for i in range(10)), encoding="utf-8")
+    page.goto(page.url.split("#")[0] + "#data")
+    page.click("#synth-go")  # nothing chosen: refused in words
+    assert page.locator("#banner.error").inner_text() == "Choose one or more documents first"
+    page.set_input_files("#synth-docs", [str(md), str(txt)])
+    page.select_option("#synth-generator", lively_llama_dir.name)
+    page.fill("#synth-pairs", "2")
+    page.fill("#synth-paraphrases", "1")
+    page.click("#synth-go")
+    page.locator("#synth-status.succeeded").wait_for(timeout=LONG)
+    assert re.match(r"Done: \d+ training rows, \d+ held-out questions", page.inner_text("#synth-status"))
+    summary = page.inner_text("#synth-result")
+    assert re.search(r"2 documents, \d+ chunks; pairs kept \d+ of \d+", summary)
+    picked = page.eval_on_selector("#data-files", "s => s.options[s.selectedIndex].text")
+    assert picked.startswith("synth_train.jsonl · file-")
+    page.fill("#synth-endpoint", "openai:@nowhere")  # a malformed endpoint: the server's words
+    page.set_input_files("#synth-docs", [str(md)])
+    page.click("#synth-go")
+    from playwright.sync_api import expect
+
+    expect(page.locator("#banner.error")).to_contain_text("openai:MODEL@BASE_URL")
+    page.fill("#synth-endpoint", "")
+    shot(page, "data-synth")
+
+
 def test_chinese_is_switched_and_remembered(page):
     page.goto(page.url.split("#")[0] + "#train")
     page.click("#lang")

@@ -405,3 +405,49 @@ def test_a_reinforcement_job_with_a_grader(platform, lively_llama_dir, tmp_path)
     metrics = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"]
     assert any("train_reward" in m for m in metrics) and any("valid_reward" in m for m in metrics)
     assert all(0 <= m["train_reward"] <= 1 for m in metrics if "train_reward" in m)
+
+
+def test_a_synth_job_turns_uploaded_documents_into_files(platform, lively_llama_dir, tmp_path):
+    """Uploaded documents + a served model as generator -> a job whose result files are the training set, the
+    held-out paraphrases and the report (a random tiny model writes little worth keeping: the files are
+    still valid and the report counts why)."""
+    client = platform.client()
+    md = "# Tower\n\n## Doors\n\n" + " ".join(f"Door {i} of the tower is painted blue." for i in range(12))
+    zh = "".join(f"塔的第{i}扇门漆成蓝色。" for i in range(12))
+    docs = [client.files.create(file=("tower.md", md.encode()), purpose="user_data"),
+            client.files.create(file=("塔.txt", zh.encode()), purpose="user_data")]  # fmt: skip
+    spec = {"docs": [d.id for d in docs], "generator": lively_llama_dir.name, "pairs_per_chunk": 2,
+            "paraphrases": 1, "max_new_tokens": 24, "retries": 1, "chunk_tokens": 64, "chunk_overlap": 8}  # fmt: skip
+    created = httpx.post(platform.url + "/v1/lmtailor/jobs", json={"type": "synth", "spec": spec}, timeout=30)
+    assert created.status_code == 200, created.text
+    done = wait_for(client, created.json()["id"], ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    job = httpx.get(platform.url + f"/v1/lmtailor/jobs/{done.id}", timeout=30).json()
+    result = job["result"]
+    assert result["documents"] == ["tower.md", "塔.txt"] and result["chunks"] >= 2
+    assert result["generator"] == lively_llama_dir.name
+    files = result["files"]
+    assert list(files) == ["train", "eval", "report"] and job["result_files"] == list(files.values())
+    kinds = {f.id: (f.filename, f.purpose) for f in client.files.list()}
+    assert kinds[files["train"]] == ("synth_train.jsonl", "fine-tune")
+    assert kinds[files["eval"]] == ("synth_eval.jsonl", "evals")
+    report = json.loads(client.files.content(files["report"]).read())
+    assert report["chunks"] == result["chunks"] and "spec" in report
+    train = client.files.content(files["train"]).text.splitlines()
+    assert len(train) == report["train_rows"]
+    for line in train:  # every kept row is a chat row naming its source document
+        row = json.loads(line)
+        assert row["messages"][-1]["role"] == "assistant" and row["source"]["document"] in (
+            "tower.md",
+            "塔.txt",
+        )
+    events = [e.message for e in client.fine_tuning.jobs.list_events(done.id, limit=100).data]
+    assert any(m.startswith("Synthesis finished") for m in events)
+    # refused at the door, naming the field
+    for bad, param in (({"docs": ["file-nope"]}, "spec.docs[0]"), ({"docs": [files["report"]]}, "spec.docs[0]"),
+                       ({"generator": "no-such-model"}, "spec.generator"), ({"output": "/tmp/x"}, "spec.output"),
+                       ({"pairs_per_chunk": 0}, "spec.pairs_per_chunk")):  # fmt: skip
+        r = httpx.post(
+            platform.url + "/v1/lmtailor/jobs", json={"type": "synth", "spec": {**spec, **bad}}, timeout=30
+        )
+        assert r.status_code in (400, 404) and r.json()["error"]["param"] == param, (bad, r.text)

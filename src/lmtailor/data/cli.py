@@ -198,6 +198,84 @@ def split_cmd(
     _out().print(table)
 
 
+@data_app.command("synth")
+def synth_cmd(
+    spec_file: Annotated[
+        Path | None, typer.Argument(help="YAML spec file; flags override its keys", metavar="SPEC")
+    ] = None,
+    docs: Annotated[
+        list[str] | None,
+        typer.Option("--docs", help="Document or folder (.txt .md .html .pdf .docx); repeat for more."),
+    ] = None,
+    generator: Annotated[
+        str | None,
+        typer.Option(help="Model that writes the pairs: catalog name, folder, or openai:MODEL@BASE_URL."),
+    ] = None,
+    pairs_per_chunk: Annotated[int | None, typer.Option(help="Question-answer pairs per chunk.")] = None,
+    paraphrases: Annotated[int | None, typer.Option(help="Rewordings of each question.")] = None,
+    lang: Annotated[str | None, typer.Option(help="Prompt language: auto, en or zh.")] = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Training file (default synth.jsonl).")
+    ] = None,
+    grounding: Annotated[str | None, typer.Option(help="Answer check: overlap, judge or off.")] = None,
+    chunk_tokens: Annotated[int | None, typer.Option(help="Chunk size in tokens.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight / prompts per batch.")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Model whose tokenizer measures chunks (default: the generator's).")
+    ] = None,
+    home: HomeOpt = None,
+) -> None:
+    """Turn documents into a training set: question-answer pairs per chunk, paraphrases, filters, an eval split.
+
+    Writes FILE, FILE.eval.jsonl (held-out paraphrases), FILE.report.json and FILE.dropped.jsonl; run it
+    again to continue after an interruption. Example:
+    lmtailor data synth --docs manuals/ --generator openai:qwen2.5-7b@http://127.0.0.1:8000/v1 -o qa.jsonl
+    """
+    import os
+
+    from lmtailor.specs import SynthSpec, load_spec
+
+    with _user_errors():
+        spec = load_spec(SynthSpec, spec_file, {"docs": docs or None, "generator": generator,
+                                                "pairs_per_chunk": pairs_per_chunk, "paraphrases": paraphrases,
+                                                "lang": lang, "output": output, "grounding": grounding,
+                                                "chunk_tokens": chunk_tokens, "concurrency": concurrency,
+                                                "tokenizer": tokenizer})  # fmt: skip
+        if spec.output is None:
+            spec.output = "synth.jsonl"
+        if "OMP_NUM_THREADS" in os.environ:
+            import torch
+
+            torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+        from lmtailor.synth import run_synth
+
+        console = _out()
+        report = run_synth(spec, home=home, log=lambda line: console.print(escape(line)))
+    _print_synth(report)
+
+
+def _print_synth(report: dict[str, Any]) -> None:
+    table = Table(
+        "",
+        "",
+        title=f"synthesized from {len(report['documents'])} documents by {escape(report['generator'])}",
+    )
+    table.add_row("chunks", f"{report['chunks']} ({report['chunks_without_pairs']} gave no pair)")
+    table.add_row("replies that could not be read", str(report["unparsable_replies"]))
+    table.add_row("replies with no grounded answer", str(report["replies_without_grounded_answer"]))
+    table.add_row("pairs kept / generated", f"{report['pairs_kept']} / {report['pairs_generated']}")
+    table.add_row(
+        "paraphrases kept / generated", f"{report['paraphrases_kept']} / {report['paraphrases_generated']}"
+    )
+    for reason, n in report["dropped"].items():
+        table.add_row(f"  dropped: {reason.replace('_', ' ')}", str(n))
+    table.add_row("training rows", f"{report['train_rows']} → {escape(report['files']['train'])}")
+    table.add_row("eval rows", f"{report['eval_rows']} → {escape(report['files']['eval'])}")
+    table.add_row("report", escape(report["files"]["report"]))
+    table.add_row("seconds", str(report["seconds"]))
+    _out().print(table)
+
+
 def _parse_ratios(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",")]

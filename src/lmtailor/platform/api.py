@@ -20,6 +20,20 @@ from lmtailor.platform.store import Checkpoint, Event, Job, Store, new_id, now
 from lmtailor.platform.store import File as StoredFile
 from lmtailor.serve.protocol import ApiError
 
+# data files, and the documents a synth job reads (data/documents.SUFFIXES)
+KEPT_SUFFIXES = (
+    ".jsonl",
+    ".json",
+    ".csv",
+    ".parquet",
+    ".txt",
+    ".md",
+    ".markdown",
+    ".html",
+    ".htm",
+    ".pdf",
+    ".docx",
+)
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "vision", "user_data", "evals")
 # The key eval jobs created over the API send to `openai:` endpoints: whoever may create jobs may send it to
 # any URL, so the server's operator sets it on purpose, apart from OPENAI_API_KEY.
@@ -72,8 +86,8 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
             raise ApiError(400, f"purpose must be one of {', '.join(PURPOSES)}", param="purpose")
         file_id = new_id("file")
         name = os.path.basename(file.filename or "upload.jsonl")
-        suffix = os.path.splitext(name)[1].lower()  # the data readers go by it; OpenAI's files are JSONL
-        rel = f"files/{file_id}{suffix if suffix in ('.jsonl', '.json', '.csv', '.parquet') else '.jsonl'}"
+        suffix = os.path.splitext(name)[1].lower()  # the readers go by it; OpenAI's files are JSONL
+        rel = f"files/{file_id}{suffix if suffix in KEPT_SUFFIXES else '.jsonl'}"
         target = store.path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{file_id}.part")
@@ -263,8 +277,10 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
         kind = body.get("type")
         if kind == "merge":
             return _create_merge(body)
+        if kind == "synth":
+            return _create_synth(body)
         if kind != "eval":
-            raise ApiError(400, f"job type {kind!r}: lmtailor runs 'eval' and 'merge' jobs here",
+            raise ApiError(400, f"job type {kind!r}: lmtailor runs 'eval', 'merge' and 'synth' jobs here",
                            param="type", code="unsupported_job_type")  # fmt: skip
         from lmtailor.evaluate.runner import parse_endpoint
         from lmtailor.evaluate.spec import EvalSpec
@@ -317,27 +333,14 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
         model is served as `merged:<suffix or method>:<job id>` when the job ends."""
         from lmtailor.specs import MergeSpec
 
-        raw = body.get("spec")
-        if not isinstance(raw, dict):
-            raise ApiError(400, "spec: an object with models, method and the merge options", param="spec")
-        raw = dict(raw)
-        for key in ("output", "name", "trust_remote_code"):
-            if key in raw:
-                raise ApiError(400, f"spec.{key} is set by the server, not per job", param=f"spec.{key}")
+        raw = _job_spec(body, "models, method and the merge options", ("output", "name", "trust_remote_code"))
         models = raw.get("models")
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise ApiError(400, "spec.models: a list of model names", param="spec.models")
         raw["models"] = [_offered(pool, m, f"spec.models[{i}]") for i, m in enumerate(models)]
         if isinstance(raw.get("base"), str):
             raw["base"] = _offered(pool, raw["base"], "spec.base")
-        try:
-            spec = MergeSpec(**raw)
-        except ValidationError as e:
-            err = e.errors()[0]
-            where = ".".join(map(str, err["loc"]))
-            raise ApiError(
-                400, f"spec.{where}: {err['msg']}", param=f"spec.{where}" if where else "spec"
-            ) from e
+        spec = _validated(MergeSpec, raw)
         suffix = body.get("suffix")
         if suffix is not None and not (
             isinstance(suffix, str) and 0 < len(suffix) <= 64 and ":" not in suffix
@@ -348,6 +351,52 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
                             options={**spec.model_dump(exclude={"output", "name"}), NAMES: names},
                             created_at=now(), result_files=[], job_metadata=body.get("metadata")))  # fmt: skip
         store.log(job.id, f"Created merge job: {job.id}")
+        worker.wake()
+        return _job_json(store, job)
+
+    def _create_synth(body: dict) -> dict:
+        """A synth job: `spec` holds SynthSpec keys, `docs` the ids of uploaded documents, `generator` a model this
+        server offers or an `openai:` endpoint (sent $LMTAILOR_ENDPOINT_API_KEY). The job's result files are the
+        training set (purpose fine-tune), the held-out paraphrases (evals) and the report (user_data)."""
+        from lmtailor.data.documents import SUFFIXES
+        from lmtailor.evaluate.runner import parse_endpoint
+        from lmtailor.specs import SynthSpec
+
+        raw = _job_spec(
+            body, "docs, generator and the synth options", ("output", "api_key_env", "trust_remote_code")
+        )
+        docs = raw.get("docs")
+        if not isinstance(docs, list) or not docs or not all(isinstance(d, str) for d in docs):
+            raise ApiError(400, "spec.docs: a list of ids of uploaded documents (file-…)", param="spec.docs")
+        names: dict[str, str] = {}
+        paths = []
+        for i, file_id in enumerate(docs):
+            f = _file(store, file_id, f"spec.docs[{i}]")
+            path = store.path(f.path)
+            if path.suffix not in SUFFIXES:
+                raise ApiError(400, f"spec.docs[{i}]: {f.filename} is not a document ({', '.join(SUFFIXES)})",
+                               param=f"spec.docs[{i}]")  # fmt: skip
+            names[path.name] = f.filename
+            paths.append(str(path))
+        raw["docs"] = paths
+        generator = raw.get("generator")
+        if not isinstance(generator, str):
+            raise ApiError(
+                400, "spec.generator: a model name or openai:MODEL@BASE_URL", param="spec.generator"
+            )
+        try:
+            raw["generator"] = (
+                generator if parse_endpoint(generator) else _offered(pool, generator, "spec.generator")
+            )
+        except ModelError as e:
+            raise ApiError(400, f"spec.generator: {e}", param="spec.generator") from e
+        names[raw["generator"]] = generator
+        raw["api_key_env"] = ENDPOINT_KEY_ENV
+        spec = _validated(SynthSpec, raw)
+        job = store.add(Job(id=new_id("synthjob"), kind="synth", status="queued", model=generator,
+                            options={**spec.model_dump(exclude={"output"}), NAMES: names}, created_at=now(),
+                            result_files=[], job_metadata=body.get("metadata")))  # fmt: skip
+        store.log(job.id, f"Created synth job: {job.id} ({len(paths)} documents)")
         worker.wake()
         return _job_json(store, job)
 
@@ -372,6 +421,16 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
             names = (job.options or {}).get(NAMES) or {}
             for m in result.get("models", []):  # the names the client asked with, not the folders they load
                 m["name"] = names.get(m["name"], m["name"])
+        report = store.home / "jobs" / job.id / "synth" / "train.report.json"
+        if job.kind == "synth" and report.exists():
+            import json
+
+            found = json.loads(report.read_text(encoding="utf-8"))
+            # the counts, not the server's paths: the files are the job's result_files (train, eval, report)
+            data["result"] = {k: v for k, v in found.items() if k not in ("files", "spec")}
+            data["result"]["files"] = dict(
+                zip(("train", "eval", "report"), job.result_files or [], strict=False)
+            )
         return data
 
 
@@ -400,6 +459,27 @@ def _reinforcement(section: dict, hp: dict) -> dict:
             )
         out["num_generations"] = max(2, round(4 * multiplier))
     return out
+
+
+def _job_spec(body: dict, holds: str, servers: tuple[str, ...]) -> dict:
+    """The `spec` object of an lmtailor job, without the keys the server sets (refused, each by name)."""
+    raw = body.get("spec")
+    if not isinstance(raw, dict):
+        raise ApiError(400, f"spec: an object with {holds}", param="spec")
+    for key in servers:
+        if key in raw:
+            raise ApiError(400, f"spec.{key} is set by the server, not per job", param=f"spec.{key}")
+    return dict(raw)
+
+
+def _validated(cls, raw: dict):
+    """A job spec from its keys; the first invalid one as a 400 naming it."""
+    try:
+        return cls(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        raise ApiError(400, f"spec.{where}: {err['msg']}", param=f"spec.{where}" if where else "spec") from e
 
 
 def _options(extra: dict) -> dict:

@@ -44,6 +44,8 @@ def run(store: Store, job_id: str) -> None:
             _eval(store, job)
         elif job.kind == "merge":
             _merge(store, job)
+        elif job.kind == "synth":
+            _synth(store, job)
         else:
             _fine_tune(store, job)
     except Paused:
@@ -239,6 +241,39 @@ def _merge(store: Store, job: Job) -> None:
     _register(store, name, job.id, out, card, None)
     store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None)
     store.log(job.id, f"Merged model created: {name}")
+
+
+def _synth(store: Store, job: Job) -> None:
+    """Documents -> training set. Finished chunks are saved in the job's folder, so a restarted job continues."""
+    from lmtailor.specs import SynthSpec
+    from lmtailor.synth import run_synth
+
+    out = job_dir(store, job) / "synth" / "train.jsonl"
+    options = {k: v for k, v in job.options.items() if k != "_names"}
+    spec = SynthSpec(**{**options, "output": str(out)})
+    store.transition(
+        job.id, ACTIVE, status="running", started_at=now(), output=store.rel(job_dir(store, job))
+    )
+    store.log(job.id, f"Synthesizing question-answer pairs with {job.model}")
+    report = run_synth(spec, home=store.home, log=lambda line: store.log(job.id, line),
+                       names=job.options.get("_names"))  # fmt: skip
+    files = []
+    for key, purpose, filename in (("train", "fine-tune", "synth_train.jsonl"), ("eval", "evals", "synth_eval.jsonl"),
+                                   ("report", "user_data", "synth_report.json")):  # fmt: skip
+        src = Path(report["files"][key])
+        file_id = new_id("file")
+        rel = f"files/{file_id}{src.suffix}"
+        shutil.copyfile(src, store.path(rel))
+        store.add(File(id=file_id, filename=filename, purpose=purpose, bytes=src.stat().st_size,
+                       created_at=now(), path=rel))  # fmt: skip
+        files.append(file_id)
+    summary = {
+        k: report[k]
+        for k in ("chunks", "pairs_generated", "pairs_kept", "train_rows", "eval_rows", "dropped")
+    }
+    store.log(job.id, f"Synthesis finished: {report['train_rows']} training rows, {report['eval_rows']} eval rows",
+              data={**summary, "files": dict(zip(("train", "eval", "report"), files, strict=True))})  # fmt: skip
+    store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), result_files=files, pid=None)
 
 
 class JobCallback:

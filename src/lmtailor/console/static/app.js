@@ -141,6 +141,7 @@ async function loadModels() {
   for (const id of ["#chat-model", "#arena-a", "#arena-b"]) fill($(id), all);
   fill($("#train-model"), state.models.filter((m) => m.kind !== "checkpoint").map((m) => [m.id, m.id]));
   fill($("#data-model"), all, { blank: "–" });
+  fill($("#synth-generator"), state.models.filter((m) => m.kind !== "checkpoint").map((m) => [m.id, m.id]));
   if (!$("#arena-b").dataset.touched && all.length > 1 && $("#arena-b").value === $("#arena-a").value) $("#arena-b").value = all[1][0];
   $("#eval-models").replaceChildren(...state.models.map((m) => el("label", {}, el("input", { type: "checkbox", value: m.id }), " ", m.id)));
 }
@@ -250,15 +251,20 @@ async function merge() {
   const weights = $("#merge-weights").value.split(/[,，\s]+/).filter(Boolean).map(Number);
   const spec = { models, method: $("#merge-method").value, ...(weights.length ? { weights } : {}) };
   let job = await api("/lmtailor/jobs", { method: "POST", body: { type: "merge", spec, suffix: $("#merge-suffix").value.trim() || undefined } });
+  job = await waitJob(job, $("#merge-status"), "merge.running");
+  $("#merge-status").textContent = t("merge.done", { model: job.fine_tuned_model });
+  await showModels();
+}
+
+async function waitJob(job, status, running) {
   while (!FINAL.includes(job.status)) {
-    $("#merge-status").textContent = t("merge.running", { id: job.id, status: job.status });
+    status.textContent = t(running, { id: job.id, status: job.status });
     await new Promise((ok) => setTimeout(ok, 1000));
     job = await api(`/lmtailor/jobs/${job.id}`);
   }
-  $("#merge-status").className = "status " + job.status;
+  status.className = "status " + job.status;
   if (job.status !== "succeeded") throw new Error(job.error?.message ?? job.status);
-  $("#merge-status").textContent = t("merge.done", { model: job.fine_tuned_model });
-  await showModels();
+  return job;
 }
 
 // ---- Data -----------------------------------------------------------------------------------------------
@@ -274,6 +280,35 @@ async function upload() {
   await loadFiles();
   $("#data-files").value = made.id;
   await inspect();
+}
+async function synth() {
+  const files = [...$("#synth-docs").files];
+  if (!files.length) throw new Error(t("synth.pick"));
+  const docs = [];
+  for (const file of files) {
+    const form = new FormData();
+    form.append("purpose", "user_data");
+    form.append("file", file);
+    docs.push((await api("/files", { method: "POST", form })).id);
+  }
+  const generator = $("#synth-endpoint").value.trim() || $("#synth-generator").value;
+  const spec = { docs, generator, pairs_per_chunk: Number($("#synth-pairs").value), paraphrases: Number($("#synth-paraphrases").value) };
+  spec.eval_paraphrases = Math.min(1, spec.paraphrases);
+  $("#synth-result").hidden = true;
+  $("#synth-status").className = "status";
+  $("#synth-status").textContent = "";
+  let job = await api("/lmtailor/jobs", { method: "POST", body: { type: "synth", spec } });
+  job = await waitJob(job, $("#synth-status"), "synth.running");
+  const r = job.result;
+  $("#synth-status").textContent = t("synth.done", { train: r.train_rows, eval: r.eval_rows });
+  const dropped = Object.entries(r.dropped).map(([k, v]) => `${k.replaceAll("_", " ")}: ${v}`).join(", ") || "–";
+  $("#synth-result").replaceChildren(
+    el("div", {}, t("synth.counts", { docs: r.documents.length, chunks: r.chunks, kept: r.pairs_kept, made: r.pairs_generated, pkept: r.paraphrases_kept, pmade: r.paraphrases_generated })),
+    el("div", {}, `${t("data.dropped")}: ${dropped}`),
+    el("div", {}, t("synth.files", { train: r.files.train, eval: r.files.eval })));
+  $("#synth-result").hidden = false;
+  await loadFiles();
+  $("#data-files").value = r.files.train;
 }
 async function inspect() {
   const id = $("#data-files").value;
@@ -540,7 +575,7 @@ async function jobDetail(job) {
   $("#job-cancel").hidden = FINAL.includes(job.status);
   $("#job-cancel").onclick = (e) => busy(e.target, async () => { await api(`/fine_tuning/jobs/${job.id}/cancel`, { method: "POST" }); await jobDetail(await api(`/fine_tuning/jobs/${job.id}`)); });
   $("#job-open").onclick = () => {
-    if (job.lmtailor.kind === "eval") { state.evalJob = job.id; location.hash = "evaluate"; } else { state.monitor = null; location.hash = "train"; monitor(job.id); }
+    if (job.lmtailor.kind === "eval") { state.evalJob = job.id; location.hash = "evaluate"; } else if (job.lmtailor.kind === "synth") { location.hash = "data"; } else { state.monitor = null; location.hash = "train"; monitor(job.id); }
   };
 }
 
@@ -569,6 +604,7 @@ function start() {
   $("#data-inspect").onclick = (e) => busy(e.target, inspect);
   $("#data-clean").onclick = (e) => busy(e.target, clean);
   $("#data-split").onclick = (e) => busy(e.target, split);
+  $("#synth-go").onclick = (e) => busy(e.target, synth);
   for (const id of ["#train-model", "#train-strategy", "#train-batch", "#train-maxlen", "#train-rank"]) $(id).addEventListener("change", estimate);
   $("#train-go").onclick = (e) => busy(e.target, launch);
   $("#mon-pause").onclick = (e) => busy(e.target, () => jobAction("pause"));
