@@ -1,7 +1,7 @@
 """The train form's memory estimate (train/memory.py) against the memory a real run takes, per strategy.
 
-For each strategy, a child process trains the embedded model for a few packed steps of batch × max_length
-tokens and reports its peak resident memory above what it held before loading the model (torch and
+For each strategy, a child process trains the embedded model for a few steps of batch rows of exactly
+max_length tokens (rows longer than that, truncated; no packing, which would merge the steps into one) and reports its peak resident memory above what it held before loading the model (torch and
 transformers imported); the estimate for the same settings is printed beside it, with the ratio.
 
     python bench/train_memory.py [--batch 4] [--max-length 256] [--strategies lora,auto,full]
@@ -30,7 +30,7 @@ def rss():
 args = json.loads(sys.argv[1])
 before = rss()
 spec = TrainSpec(model="smollm2-135m-instruct", data=args["data"], output=args["out"], strategy=args["strategy"],
-                 epochs=1, batch_size=args["batch"], max_length=args["max_length"], packing=True, lora_r=32,
+                 epochs=1, batch_size=args["batch"], max_length=args["max_length"], packing=False, lora_r=32,
                  neftune_alpha=0)
 run_sft(spec, progress=False, log=lambda line: None)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -53,7 +53,7 @@ def main() -> None:
     folder = resolve("smollm2-135m-instruct").path
     params = describe("smollm2-135m-instruct")["parameters"]
     work = Path(tempfile.mkdtemp(prefix="train-memory-"))
-    # long rows, packed: every step carries batch x max_length tokens, as the estimate assumes
+    # rows longer than max_length, truncated to it: every step carries batch x max_length tokens
     text = " ".join(f"word{i}" for i in range(args.max_length))
     rows = [{"messages": [{"role": "user", "content": "Repeat."}, {"role": "assistant", "content": text}]}]
     data = work / "data.jsonl"

@@ -129,6 +129,26 @@ def train(
     trust_remote_code: Annotated[
         bool | None, typer.Option("--trust-remote-code", help="run the model's own code")
     ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="less memory, ~30% slower"),
+    ] = None,
+    devices: Annotated[
+        int | None, typer.Option(help="processes (GPUs) on this node; >1 launches torchrun")
+    ] = None,
+    nodes: Annotated[int | None, typer.Option(help="machines taking part (run the command on each)")] = None,
+    node_rank: Annotated[int | None, typer.Option(help="this machine's number, 0 to nodes-1")] = None,
+    master_addr: Annotated[str | None, typer.Option(help="address of node 0")] = None,
+    master_port: Annotated[int | None, typer.Option(help="rendezvous port on node 0")] = None,
+    distributed: Annotated[
+        str | None, typer.Option(help="ddp | fsdp | deepspeed-zero2 | deepspeed-zero3")
+    ] = None,
+    offload: Annotated[
+        bool | None, typer.Option("--offload", help="deepspeed-zero3: parameters and optimizer in CPU memory")
+    ] = None,
+    accelerate_config: Annotated[
+        str | None, typer.Option(help="launch with this accelerate config file instead")
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the plan and the memory it needs, train nothing")
     ] = False,
@@ -136,10 +156,11 @@ def train(
     debug: DebugOpt = False,
 ) -> None:
     """Fine-tune a model on your data (SFT, or DPO on preference rows); unset hyperparameters are chosen from the
-    data and model size.
+    data and model size. --devices / --nodes train on several GPUs or machines (docs/scaling.md).
 
     Example: lmtailor train --model smollm2-135m-instruct --data train.jsonl --output my-model ;
-    lmtailor train --method dpo --model my-model --data prefs.jsonl --output my-model-dpo
+    lmtailor train --method dpo --model my-model --data prefs.jsonl --output my-model-dpo ;
+    lmtailor train --model qwen2.5-7b-instruct --data train.jsonl --devices 8 --distributed fsdp -o big
     """
     from lmtailor.specs import TrainSpec, load_spec
 
@@ -152,7 +173,10 @@ def train(
         "warmup_ratio": warmup_ratio, "scheduler": scheduler, "max_length": max_length, "packing": packing,
         "seed": seed, "eval_steps": eval_steps, "early_stopping_patience": early_stopping_patience,
         "keep_best": keep_best, "eval_metrics": eval_metrics or None, "best_metric": best_metric, "save_steps": save_steps, "resume": resume, "precision": precision,
-        "trust_remote_code": trust_remote_code,
+        "trust_remote_code": trust_remote_code, "gradient_checkpointing": gradient_checkpointing,
+        "devices": devices, "nodes": nodes, "node_rank": node_rank, "master_addr": master_addr,
+        "master_port": master_port, "distributed": distributed, "offload": offload,
+        "accelerate_config": accelerate_config,
     }  # fmt: skip
     with user_errors(debug):
         train_spec = load_spec(TrainSpec, spec, flags)
@@ -160,9 +184,9 @@ def train(
             _print_dry_run(train_spec, home)
             return
         _threads()
-        from lmtailor.train.sft import run_sft
+        from lmtailor.train.launch import train as launch_train
 
-        out = run_sft(train_spec, home=home)
+        out = launch_train(train_spec, home=home)
     console.print(f"[green]tuned model:[/green] {out}")
     console.print(f"chat with it:  lmtailor chat {out}")
 
@@ -182,11 +206,18 @@ def _print_dry_run(spec, home) -> None:
         table.add_row(key, gib(mem[key]))
     console.print(table)
     have = max(got["devices"])
+    if got["processes"] > 1:
+        console.print(f"{got['processes']} processes ({got['distributed']}): the figures are per process")
     verdict = (
         "[green]fits[/green]"
         if got["fits"]
-        else "[red]does not fit[/red]: lower the batch size or max length, or use LoRA"
+        else "[red]does not fit[/red]: lower the batch size or max length, use LoRA or QLoRA, "
+        "gradient checkpointing, or shard over more devices (fsdp / deepspeed-zero3)"
     )
+    if got["qlora_needs_gpu"]:
+        verdict = "[red]strategy qlora needs a CUDA GPU; this machine has none[/red] (the figures: on one)"
+    if not got["enough_devices"]:
+        verdict = f"[red]only {len(got['devices'])} GPU(s) here for --devices {spec.devices}[/red]"
     console.print(
         f"{len(got['devices'])} device(s) with {gib(have)}: {verdict} (the estimate: docs/benchmarks.md)"
     )

@@ -51,9 +51,10 @@ class TrainSpec(_Spec):
     eval_samples: int | None = Field(
         None, ge=1, description="reinforcement: validation rows graded at each evaluation"
     )
-    strategy: Literal["auto", "lora", "full", "freeze"] = Field(
+    strategy: Literal["auto", "lora", "qlora", "full", "freeze"] = Field(
         "auto",
-        description="auto: models up to 1.5B train their MLP blocks (up to 5000 rows) or all weights; larger: LoRA",
+        description="auto: models up to 1.5B train their MLP blocks (up to 5000 rows) or all weights; larger: "
+        "LoRA; qlora: LoRA over a 4-bit base (bitsandbytes, CUDA only)",
     )
     freeze_layers: int | None = Field(None, ge=1, description="freeze: train only the last N decoder layers")
     freeze_modules: list[str] | None = Field(
@@ -121,11 +122,43 @@ class TrainSpec(_Spec):
     merge: bool = Field(
         True, description="also save LoRA weights merged into the base (plain from_pretrained loads it)"
     )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, about 30% slower"
+    )
+    devices: int = Field(
+        1, ge=1, description="processes (GPUs) per node; more than 1 launches through torchrun"
+    )
+    nodes: int = Field(
+        1, ge=1, description="machines taking part; each runs the same command with its node_rank"
+    )
+    node_rank: int = Field(0, ge=0, description="this machine's number among the nodes (0 is the main one)")
+    master_addr: str = Field("127.0.0.1", description="address of node 0, which every node can reach")
+    master_port: int = Field(29500, ge=1, le=65535, description="a free port on node 0 for the rendezvous")
+    distributed: Literal["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"] = Field(
+        "ddp",
+        description="ddp: a full copy per device; fsdp / deepspeed-zero3: weights, gradients and optimizer "
+        "sharded; deepspeed-zero2: gradients and optimizer sharded",
+    )
+    offload: bool = Field(
+        False, description="deepspeed-zero3: keep parameters and optimizer states in CPU memory"
+    )
+    accelerate_config: str | None = Field(
+        None, description="an accelerate config file to launch with instead of the generated settings"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainSpec:
         if self.strategy != "freeze" and (self.freeze_layers or self.freeze_modules):
             raise ValueError("freeze_layers / freeze_modules need strategy: freeze")
+        if self.node_rank >= self.nodes:
+            raise ValueError(f"node_rank {self.node_rank}: from 0 to nodes - 1 ({self.nodes - 1})")
+        if self.offload and self.distributed != "deepspeed-zero3":
+            raise ValueError("offload is for distributed: deepspeed-zero3")
+        if self.method != "sft":  # DPO and GRPO train on one process, with lora / full / freeze, for now
+            if self.devices * self.nodes > 1 or self.accelerate_config:
+                raise ValueError(f"method {self.method} trains on one process: devices and nodes are for sft")
+            if self.strategy == "qlora" or self.gradient_checkpointing:
+                raise ValueError(f"method {self.method}: qlora and gradient_checkpointing are for sft")
         if self.eval_metrics is not None or self.best_metric not in (None, "eval_loss", "loss"):
             from lmtailor.evaluate.metrics import check_names
 

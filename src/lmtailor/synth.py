@@ -28,7 +28,7 @@ from typing import Any
 
 from lmtailor.data.clean import _NearDupIndex, _shingles, normalize_text
 from lmtailor.data.documents import Chunk, chunk_documents, language, token_counter
-from lmtailor.errors import ModelError
+from lmtailor.errors import LmtailorError, ModelError
 from lmtailor.home import atomic_write_json, atomic_write_text
 from lmtailor.specs import SynthSpec
 
@@ -182,11 +182,10 @@ def _unlabel(text: str) -> str:
 
 def parse_verdict(reply: str) -> bool | None:
     """A judge's yes / no (是 / 否); None when the reply says neither first."""
-    m = re.search(r"\b(yes|no)\b|(是|否|对|不对|错)", reply.strip().lower())
+    m = re.search(r"\b(yes|no)\b|(不是|不对|否|错|是|对)", reply.strip().lower())  # 不是 before 是
     if not m:
         return None
-    word = m.group(0)
-    return word in ("yes", "是", "对")
+    return m.group(0) in ("yes", "是", "对")
 
 
 # ------------------------------------------------------------------ filters
@@ -454,6 +453,7 @@ def generate_chunk_group(gen: Generator, chunks: list[Chunk], spec: SynthSpec) -
     attempts = [0] * len(chunks)
     failed = [0] * len(chunks)
     ungrounded = [0] * len(chunks)
+    answered = [False] * len(chunks)
     todo = list(range(len(chunks)))
     for attempt in range(spec.retries + 1):
         if not todo:
@@ -467,6 +467,7 @@ def generate_chunk_group(gen: Generator, chunks: list[Chunk], spec: SynthSpec) -
         left = []
         for i, reply in zip(todo, replies, strict=True):
             attempts[i] += 1
+            answered[i] = answered[i] or reply is not None
             got = _distinct(parse_pairs(reply) if reply is not None else [])[: spec.pairs_per_chunk]
             if not got:
                 failed[i] += 1
@@ -490,6 +491,7 @@ def generate_chunk_group(gen: Generator, chunks: list[Chunk], spec: SynthSpec) -
     return [
         {
             "chunk": c.id,
+            "answered": answered[i],
             "lang": langs[i],
             "attempts": attempts[i],
             "unparsable_replies": failed[i],
@@ -561,12 +563,20 @@ def run_synth(
     for start in range(0, len(unique_todo), group):
         batch = unique_todo[start : start + group]
         for result in generate_chunk_group(gen, batch, spec):
-            atomic_write_json(parts / f"{key}-{result['chunk']}.json", result)
+            if result["answered"]:  # a chunk whose every request failed is asked again on the next run
+                atomic_write_json(parts / f"{key}-{result['chunk']}.json", result)
         done += len(batch)
         log(f"chunks {done}/{len(chunks)}")
         if progress:
             progress(done, len(chunks))
 
+    missing = [c for c in chunks if not part_file(c).exists()]
+    if missing:
+        raise LmtailorError(
+            f"{len(missing)} of {len(chunks)} chunks got no reply from the generator (every request failed: "
+            f"{', '.join(f'{k} x{n}' for k, n in gen.errors.items()) or 'see the log'}); run the same command "
+            "again to ask for those only"
+        )
     results = [json.loads(part_file(c).read_text(encoding="utf-8")) for c in chunks]
     raw = [
         Pair(p["question"], p["answer"], r["chunk"], p["paraphrases"]) for r in results for p in r["pairs"]

@@ -451,3 +451,39 @@ def test_a_synth_job_turns_uploaded_documents_into_files(platform, lively_llama_
             platform.url + "/v1/lmtailor/jobs", json={"type": "synth", "spec": {**spec, **bad}}, timeout=30
         )
         assert r.status_code in (400, 404) and r.json()["error"]["param"] == param, (bad, r.text)
+
+
+def test_a_job_on_two_processes_pauses_resumes_and_finishes(platform, lively_llama_dir, tmp_path):
+    """lmtailor.devices = 2: two ranks train (gloo on this CPU), rank 0 alone reports; a pause stops both at one
+    checkpoint and the resumed job finishes and is served."""
+    client = platform.client()
+    f = client.files.create(file=open(chat_file(tmp_path / "ddp.jsonl", ROWS * 4), "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id, suffix="ddp",
+                                         hyperparameters={"n_epochs": 3, "batch_size": 2},
+                                         extra_body={"lmtailor": {"devices": 2, "strategy": "full", "save_steps": 5,
+                                                                  "packing": False}})  # fmt: skip
+    wait_until(lambda: _steps(client, job.id) >= 3, what="training steps")
+    client.fine_tuning.jobs.pause(job.id)
+    paused = wait_for(client, job.id, ("paused", "failed", "succeeded"), timeout=120)
+    assert paused.status == "paused", paused.error
+    at = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number
+    client.fine_tuning.jobs.resume(job.id)
+    done = wait_for(client, job.id, ("succeeded", "failed"), timeout=300)
+    assert done.status == "succeeded", done.error
+    events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
+    steps = [e.data["step"] for e in events if e.type == "metrics"]
+    assert {e.data["total_steps"] for e in events if e.type == "metrics"} == {
+        96
+    }  # 64 rows / (1 x 2 ranks) x 3
+    assert max(steps) >= 90 and any(s > at for s in steps)
+    before = [s for s in steps if s <= at]
+    assert len(before) == len(set(before))  # one report per step: rank 0's
+    assert any("launching 2 processes" in e.message for e in events)
+    card = json.loads(Path(platform.store.home, "jobs", job.id, "model", "lmtailor.json").read_text())
+    assert card["metrics"]["processes"] == 2 and card["metrics"]["wrapped_as"] == "DistributedDataParallel"
+    reply = client.chat.completions.create(model=done.fine_tuned_model, max_tokens=4,
+                                           messages=[{"role": "user", "content": "Hi"}])  # fmt: skip
+    assert reply.choices[0].message.content is not None
+    refused = httpx.post(platform.url + "/v1/fine_tuning/jobs", timeout=30,
+                         json={"model": lively_llama_dir.name, "training_file": f.id, "lmtailor": {"nodes": 2}})  # fmt: skip
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "lmtailor.nodes"

@@ -28,3 +28,31 @@ def test_dry_run_prints_the_plan_and_memory_and_trains_nothing(tiny_llama_dir, t
         return float(line.split("│")[2].split()[0])
 
     assert total(full.output) > total(text)  # more tokens a step and every weight trained: more memory
+
+
+def test_the_estimate_per_device_follows_sharding_checkpointing_and_qlora(tiny_llama_dir):
+    from lmtailor.train.memory import estimate
+
+    base = estimate(tiny_llama_dir, "full", batch_size=8, max_length=512)
+    ddp = estimate(tiny_llama_dir, "full", batch_size=8, max_length=512, processes=4)
+    zero2 = estimate(
+        tiny_llama_dir, "full", batch_size=8, max_length=512, processes=4, distributed="deepspeed-zero2"
+    )
+    fsdp = estimate(tiny_llama_dir, "full", batch_size=8, max_length=512, processes=4, distributed="fsdp")
+    offload = estimate(tiny_llama_dir, "full", batch_size=8, max_length=512, processes=4,
+                       distributed="deepspeed-zero3", offload=True)  # fmt: skip
+    # DDP: a full copy of the model and its states on each device, a quarter of the batch
+    assert ddp["weights"] == base["weights"] and ddp["optimizer"] == base["optimizer"]
+    assert ddp["activations"] == base["activations"] // 4 and ddp["logits"] == base["logits"] // 4
+    # ZeRO-2 shards gradients and optimizer states; FSDP (and ZeRO-3) the weights as well; offload moves them out
+    assert zero2["optimizer"] == base["optimizer"] // 4 and zero2["weights"] == base["weights"]
+    assert fsdp["weights"] == base["weights"] // 4 and fsdp["gradients"] == base["gradients"] // 4
+    assert offload["optimizer"] == 0 and offload["weights"] < fsdp["weights"]
+    # checkpointing keeps one layer's activations and each layer's input
+    ckpt = estimate(tiny_llama_dir, "full", batch_size=8, max_length=512, checkpointing=True)
+    assert ckpt["activations"] < base["activations"] and ckpt["weights"] == base["weights"]
+    # QLoRA: the frozen base in 4 bits instead of 16, the same adapters
+    lora = estimate(tiny_llama_dir, "lora", batch_size=8, max_length=512)
+    qlora = estimate(tiny_llama_dir, "qlora", batch_size=8, max_length=512)
+    assert qlora["trained_parameters"] == lora["trained_parameters"]
+    assert qlora["weights"] < 0.4 * lora["weights"] + lora["trained_parameters"] * 4

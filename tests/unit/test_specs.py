@@ -69,7 +69,10 @@ def test_flags_alone_without_a_file() -> None:
         ({"lora_r": 0}, "spec: lora_r: Input should be greater than or equal to 1"),
         ({"learning_rate": -1}, "spec: learning_rate: Input should be greater than 0"),
         ({"val_ratio": 1.0}, "spec: val_ratio: Input should be less than 1"),
-        ({"strategy": "qlora2"}, "spec: strategy: Input should be 'auto', 'lora', 'full' or 'freeze'"),
+        (
+            {"strategy": "qlora2"},
+            "spec: strategy: Input should be 'auto', 'lora', 'qlora', 'full' or 'freeze'",
+        ),
         ({"epochs": "many"}, "spec: epochs: Input should be a valid number"),
         ({"max_length": 4}, "spec: max_length: Input should be greater than or equal to 8"),
     ],

@@ -70,8 +70,8 @@ def test_parse_paraphrases_and_verdicts():
     ]
     assert parse_paraphrases('{"paraphrases": [{"question": "谁建造了它？"}]}') == ["谁建造了它？"]
     assert parse_paraphrases("no questions here") == []
-    assert [parse_verdict(r) for r in ("Yes.", "no, it is not", "是", "否。", "maybe")] == [
-        True, False, True, False, None,
+    assert [parse_verdict(r) for r in ("Yes.", "no, it is not", "是", "否。", "不是。", "不对", "对。", "maybe")] == [
+        True, False, True, False, False, False, True, None,
     ]  # fmt: skip
 
 

@@ -231,7 +231,6 @@ def synth_cmd(
     again to continue after an interruption. Example:
     lmtailor data synth --docs manuals/ --generator openai:qwen2.5-7b@http://127.0.0.1:8000/v1 -o qa.jsonl
     """
-    import os
 
     from lmtailor.specs import SynthSpec, load_spec
 
@@ -243,11 +242,10 @@ def synth_cmd(
                                                 "tokenizer": tokenizer})  # fmt: skip
         if spec.output is None:
             spec.output = "synth.jsonl"
-        if "OMP_NUM_THREADS" in os.environ:
-            import torch
-
-            torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+        from lmtailor.cli import _threads  # imported here: lmtailor.cli imports this module
         from lmtailor.synth import run_synth
+
+        _threads()
 
         console = _out()
         report = run_synth(spec, home=home, log=lambda line: console.print(escape(line)))

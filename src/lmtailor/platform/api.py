@@ -20,20 +20,10 @@ from lmtailor.platform.store import Checkpoint, Event, Job, Store, new_id, now
 from lmtailor.platform.store import File as StoredFile
 from lmtailor.serve.protocol import ApiError
 
-# data files, and the documents a synth job reads (data/documents.SUFFIXES)
-KEPT_SUFFIXES = (
-    ".jsonl",
-    ".json",
-    ".csv",
-    ".parquet",
-    ".txt",
-    ".md",
-    ".markdown",
-    ".html",
-    ".htm",
-    ".pdf",
-    ".docx",
-)
+# suffixes an upload keeps: data files; documents for synth jobs (data/documents.SUFFIXES) except as training
+# or eval data, where a train.txt is JSONL under another name, as OpenAI takes it
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+DOC_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx")
 PURPOSES = ("fine-tune", "fine-tune-results", "batch", "assistants", "vision", "user_data", "evals")
 # The key eval jobs created over the API send to `openai:` endpoints: whoever may create jobs may send it to
 # any URL, so the server's operator sets it on purpose, apart from OPENAI_API_KEY.
@@ -87,7 +77,10 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
         file_id = new_id("file")
         name = os.path.basename(file.filename or "upload.jsonl")
         suffix = os.path.splitext(name)[1].lower()  # the readers go by it; OpenAI's files are JSONL
-        rel = f"files/{file_id}{suffix if suffix in KEPT_SUFFIXES else '.jsonl'}"
+        kept = suffix in DATA_SUFFIXES or (
+            suffix in DOC_SUFFIXES and purpose not in ("fine-tune", "evals", "batch")
+        )
+        rel = f"files/{file_id}{suffix if kept else '.jsonl'}"
         target = store.path(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{file_id}.part")
@@ -391,6 +384,10 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
         except ModelError as e:
             raise ApiError(400, f"spec.generator: {e}", param="spec.generator") from e
         names[raw["generator"]] = generator
+        if raw.get("tokenizer") is not None:  # a model this server offers, like the generator
+            if not isinstance(raw["tokenizer"], str):
+                raise ApiError(400, "spec.tokenizer: a model name", param="spec.tokenizer")
+            raw["tokenizer"] = _offered(pool, raw["tokenizer"], "spec.tokenizer")
         raw["api_key_env"] = ENDPOINT_KEY_ENV
         spec = _validated(SynthSpec, raw)
         job = store.add(Job(id=new_id("synthjob"), kind="synth", status="queued", model=generator,
@@ -425,12 +422,10 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
         if job.kind == "synth" and report.exists():
             import json
 
-            found = json.loads(report.read_text(encoding="utf-8"))
-            # the counts, not the server's paths: the files are the job's result_files (train, eval, report)
-            data["result"] = {k: v for k, v in found.items() if k not in ("files", "spec")}
-            data["result"]["files"] = dict(
-                zip(("train", "eval", "report"), job.result_files or [], strict=False)
-            )
+            from lmtailor.platform.runjob import public_report
+
+            data["result"] = public_report(json.loads(report.read_text(encoding="utf-8")), job.model,
+                                           job.result_files or [])  # fmt: skip
         return data
 
 
@@ -490,6 +485,13 @@ def _options(extra: dict) -> dict:
     bad = sorted(set(extra) & reserved)
     if bad:
         raise ApiError(400, f"lmtailor.{bad[0]} is set by the job itself", param=f"lmtailor.{bad[0]}")
+    # a job trains on this server's devices; several machines take `lmtailor train --nodes` on each of them,
+    # and a config file is a path on the server, not the client's to pick
+    local = sorted(set(extra) & {"nodes", "node_rank", "master_addr", "master_port", "accelerate_config"})
+    if local:
+        raise ApiError(400, f"lmtailor.{local[0]}: jobs run on this server's devices (lmtailor.devices); "
+                            "several machines: `lmtailor train --nodes` on each (docs/scaling.md)",
+                       param=f"lmtailor.{local[0]}")  # fmt: skip
     try:
         TrainSpec(model="x", data="x", **extra)
     except ValidationError as e:

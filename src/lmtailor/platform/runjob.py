@@ -21,11 +21,9 @@ import traceback
 from pathlib import Path
 
 from lmtailor.errors import DataError, LmtailorError, SpecError
+from lmtailor.home import atomic_write_text
 from lmtailor.platform.store import ACTIVE, Checkpoint, File, Job, Model, Store, new_id, now
-
-
-class Paused(Exception):
-    pass
+from lmtailor.train.launch import Paused
 
 
 def fine_tuned_name(job: Job) -> str:
@@ -48,11 +46,17 @@ def run(store: Store, job_id: str) -> None:
             _synth(store, job)
         else:
             _fine_tune(store, job)
-    except Paused:
+    except Paused:  # one process, or every rank of several (train.launch.PausedRun)
         store.transition(job.id, ACTIVE, status="paused", request=None, pid=None)
         store.log(job.id, "Job paused at a checkpoint; resume continues from it")
     except DataError as e:
-        _fail(store, job, "invalid_training_file", _name_file(store, job, str(e)), _param_of(store, job, e))
+        if job.kind == "synth":  # a document it cannot read: named as uploaded, not by its path on the server
+            shown = ((job.options or {}).get("_names") or {}).get(Path(e.path).name, Path(e.path).name)
+            _fail(store, job, "invalid_document", f"{shown}: {e.reason}", "spec.docs")
+        else:
+            _fail(
+                store, job, "invalid_training_file", _name_file(store, job, str(e)), _param_of(store, job, e)
+            )
     except SpecError as e:
         _fail(store, job, "invalid_hyperparameters", str(e), "method")
     except LmtailorError as e:
@@ -152,16 +156,41 @@ def _fine_tune(store: Store, job: Job) -> None:
     name = fine_tuned_name(job)
     from lmtailor.models.catalog import resolve
 
-    callback = JobCallback(store, job.id, name, out, str(resolve(spec.model, store.home).path))
-    run_sft(spec, home=store.home, progress=False, log=lambda line: None, callbacks=[callback])
+    if spec.devices > 1:  # the ranks are new processes: rank 0 makes the job's callback itself
+        from lmtailor.train.launch import train as launch_train
+
+        os.environ.update(LMTAILOR_JOB=job.id, LMTAILOR_JOB_HOME=str(store.home), LMTAILOR_JOB_DB=store.url,
+                          LMTAILOR_RANK_CALLBACKS="lmtailor.platform.runjob:rank_callbacks")  # fmt: skip
+        spec = spec.model_copy(update={"master_port": _free_port()})  # jobs side by side must not share one
+        launch_train(spec, home=store.home, log=lambda line: store.log(job.id, line), progress=False)
+        last_loss = _last_loss(out)
+    else:
+        callback = JobCallback(store, job.id, name, out, str(resolve(spec.model, store.home).path))
+        run_sft(spec, home=store.home, progress=False, log=lambda line: None, callbacks=[callback])
+        last_loss = callback.last_loss
     card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
-    _register(store, name, job.id, out, card, callback.last_loss)
+    _register(store, name, job.id, out, card, last_loss)
     results = _results_file(store, job, out)
     store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None,
                      trained_tokens=int(card["metrics"].get("trained_tokens") or 0), result_files=[results],
                      chosen={k: card["hyperparameters"].get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy")})  # fmt: skip
     store.log(job.id, f"New fine-tuned model created: {name}")
     store.log(job.id, "The job has successfully completed")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _last_loss(out: Path) -> float | None:
+    from lmtailor.train.callbacks import read_metrics
+
+    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    return losses[-1] if losses else None
 
 
 def _has_checkpoint(out: Path) -> bool:
@@ -243,6 +272,16 @@ def _merge(store: Store, job: Job) -> None:
     store.log(job.id, f"Merged model created: {name}")
 
 
+def public_report(report: dict, generator: str, files: list[str]) -> dict:
+    """A synth report as the API shows it: documents and generator by the names the client gave, no paths."""
+    out = {k: v for k, v in report.items() if k not in ("files", "spec")}
+    out["spec"] = {k: v for k, v in report["spec"].items() if k not in ("docs", "output", "generator", "tokenizer",
+                                                                       "api_key_env")}  # fmt: skip
+    out["generator"] = generator
+    out["files"] = dict(zip(("train", "eval", "report"), files, strict=False))
+    return out
+
+
 def _synth(store: Store, job: Job) -> None:
     """Documents -> training set. Finished chunks are saved in the job's folder, so a restarted job continues."""
     from lmtailor.specs import SynthSpec
@@ -263,8 +302,14 @@ def _synth(store: Store, job: Job) -> None:
         src = Path(report["files"][key])
         file_id = new_id("file")
         rel = f"files/{file_id}{src.suffix}"
-        shutil.copyfile(src, store.path(rel))
-        store.add(File(id=file_id, filename=filename, purpose=purpose, bytes=src.stat().st_size,
+        if key == "report":  # the counts and options, not the server's paths
+            text = json.dumps(
+                public_report(report, job.model, [*files, file_id]), ensure_ascii=False, indent=1
+            )
+        else:
+            text = src.read_text(encoding="utf-8")
+        atomic_write_text(store.path(rel), text)
+        store.add(File(id=file_id, filename=filename, purpose=purpose, bytes=len(text.encode()),
                        created_at=now(), path=rel))  # fmt: skip
         files.append(file_id)
     summary = {
@@ -321,7 +366,7 @@ class JobCallback:
 
             def on_step_end(self, args, state, control, **kw):
                 job = self.store.get(Job, self.job_id)
-                if job.request == "pause" and state.global_step < state.max_steps:
+                if agree(job.request == "pause" and state.global_step < state.max_steps):
                     self.pausing = True
                     control.should_save = True  # on_save below then stops the run
 
@@ -336,9 +381,61 @@ class JobCallback:
                 self.store.log(self.job_id, f"Checkpoint created at step {state.global_step}: {name}")
                 _forget_rotated(self.store, self.job_id)
                 if self.pausing:
+                    barrier()  # the other ranks wait until this checkpoint is written and registered
                     raise Paused()
 
         return _Callback(*args, **kwargs)
+
+
+def agree(value: bool) -> bool:
+    """Rank 0's answer on every rank when several processes train (they must pause at the same step)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def rank_callbacks(spec) -> list:
+    """The job's callbacks in one process of a multi-process run (train/launch.py): rank 0 writes the events
+    and checkpoints as a one-process job does; the others only follow its pause decisions."""
+    from transformers import TrainerCallback
+
+    job_id, home, db = (
+        os.environ["LMTAILOR_JOB"],
+        os.environ["LMTAILOR_JOB_HOME"],
+        os.environ["LMTAILOR_JOB_DB"],
+    )
+    if os.environ.get("RANK", "0") == "0":
+        from lmtailor.models.catalog import resolve
+
+        store = Store(home, db or None)
+        job = store.get(Job, job_id)
+        base = str(resolve(spec.model, store.home).path)
+        return [JobCallback(store, job_id, fine_tuned_name(job), Path(spec.output), base)]
+
+    class Follower(TrainerCallback):
+        pausing = False
+
+        def on_step_end(self, args, state, control, **kw):
+            if agree(False):
+                self.pausing = control.should_save = True
+
+        def on_save(self, args, state, control, **kw):
+            if self.pausing:
+                barrier()  # rank 0 is still writing and registering the checkpoint
+                raise Paused()
+
+    return [Follower()]
 
 
 def _forget_rotated(store: Store, job_id: str) -> None:

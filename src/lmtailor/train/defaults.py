@@ -22,7 +22,7 @@ SMALL_MODEL = 1.5e9  # parameters up to which full-rank training of the MLP bloc
 SMALL_DATA = 5000  # rows up to which the MLP-only strategy is the default (beyond: full, or LoRA)
 TARGET_STEPS = 110  # optimizer steps a small data set is trained for
 MIN_EPOCHS, MAX_EPOCHS = 2, 12
-LEARNING_RATE = {"mlp": 3e-4, "full": 1e-4, "freeze": 2e-4, "lora": 1e-3}
+LEARNING_RATE = {"mlp": 3e-4, "full": 1e-4, "freeze": 2e-4, "lora": 1e-3, "qlora": 1e-3}
 NEFTUNE_ALPHA = 5.0
 AUGMENT_COPIES = 0
 

@@ -53,12 +53,15 @@ def run_sft(
     lengths = [len(ex["input_ids"]) for ex in full]
     n_params = _count_parameters(base.path) or 0
     plan = choose(spec, len(train_recs), lengths, n_params, on_gpu=device == "cuda")
-    model = load_model(
-        base,
-        dtype=_weights_dtype(plan.strategy, precision),
-        device=device,
-        trust_remote_code=spec.trust_remote_code,
-    )
+    if plan.strategy == "qlora":
+        model = load_4bit(base, precision, spec.trust_remote_code)
+    else:
+        model = load_model(
+            base,
+            dtype=_weights_dtype(plan.strategy, precision),
+            device=device,
+            trust_remote_code=spec.trust_remote_code,
+        )
     if plan.augment_copies:
         from lmtailor.data.augment import augment_questions
 
@@ -96,7 +99,8 @@ def run_sft(
     resume = last_checkpoint(out) if spec.resume else None
     if spec.resume and resume is None:
         log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
-    _reset_metrics(out / "metrics.jsonl", resume)
+    if os.environ.get("RANK", "0") == "0":  # one process rewrites the file the others never write
+        _reset_metrics(out / "metrics.jsonl", resume)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     runtime = time.time() - t0
@@ -107,11 +111,19 @@ def run_sft(
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trained_tokens": stats.trained_tokens * plan.epochs,
+        "processes": world_size(),
+        "gradient_checkpointing": bool(getattr(trainer.model, "is_activation_checkpointing", False)),
+        "wrapped_as": type(
+            trainer.model_wrapped
+        ).__name__,  # DistributedDataParallel, FullyShardedDataParallel…
     }
     if val_ex:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_") and "runtime" not in k
                         and "per_second" not in k})  # fmt: skip
-    _save(trainer.model, tok, out, plan.strategy, spec.merge, base.path)
+    model = _gathered(trainer, out, plan.strategy, base.path)  # under FSDP / ZeRO-3 every rank takes part
+    if not trainer.is_world_process_zero():  # one process writes the model, the card and the curve
+        return out
+    _save(model, tok, out, plan.strategy, spec.merge, base.path)
     if not spec.keep_checkpoints:
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     from lmtailor.train.callbacks import plot_loss
@@ -120,6 +132,60 @@ def run_sft(
     write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, precision)
     log(f"saved {out}")
     return out
+
+
+def world_size() -> int:
+    """Processes training together (torchrun sets WORLD_SIZE in each); 1 without a launcher."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _gathered(trainer, out: Path, strategy: str, base_path: Path):
+    """The trained model, whole, for rank 0 to save: as is without sharding; under FSDP and DeepSpeed ZeRO-3
+    every rank takes part in transformers' own save_model (full state dict), and rank 0 loads it back."""
+    args = trainer.args
+    if not (args.fsdp or args.deepspeed) or world_size() == 1:
+        return trainer.model
+    gathered = out / ".gathered"
+    trainer.save_model(str(gathered))  # a collective: weights (or the LoRA adapter) written by rank 0
+    if not trainer.is_world_process_zero():
+        return None
+    from transformers import AutoModelForCausalLM
+
+    if strategy in ("lora", "qlora"):
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True)
+        model = PeftModel.from_pretrained(base, gathered, is_trainable=False)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(gathered, use_safetensors=True)
+    shutil.rmtree(gathered, ignore_errors=True)
+    return model
+
+
+def load_4bit(base, precision: str, trust_remote_code: bool):
+    """The base in 4-bit NF4 (bitsandbytes) for QLoRA; CUDA only, said in words anywhere else."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise LmtailorError(
+            "strategy qlora needs a CUDA GPU (bitsandbytes 4-bit weights); this machine has none: "
+            "use strategy lora (the same adapters over a bf16 base)"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise LmtailorError("strategy qlora needs bitsandbytes: pip install bitsandbytes") from None
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute = torch.bfloat16 if precision == "bf16" else torch.float16
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=compute)  # fmt: skip
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    model = AutoModelForCausalLM.from_pretrained(base.path, quantization_config=quant, dtype=compute,
+                                                 device_map={"": local}, use_safetensors=True,
+                                                 trust_remote_code=trust_remote_code)  # fmt: skip
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
 def _reset_metrics(path: Path, resume: Path | None) -> None:
@@ -194,18 +260,30 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
 
     train_ds = Dataset.from_list(train_ex)
     val_ds = Dataset.from_list(val_ex) if val_ex else None
+    world = world_size()
+    if not spec.batch_size and plan.batch_size % world:  # chosen here: rounded up so every process gets rows
+        plan.batch_size += world - plan.batch_size % world
+        plan.why["batch_size"] = (
+            f"{plan.batch_size}: {plan.why.get('batch_size', '')}, rounded to {world} processes"
+        )
+    if plan.batch_size % world:
+        raise LmtailorError(
+            f"batch size {plan.batch_size} does not split evenly over {world} processes: give --batch-size a "
+            f"multiple of {world}"
+        )
+    per_rank = plan.batch_size // world  # samples each process takes per step: the global batch is the spec's
     if spec.packing:
         from trl import pack_dataset
 
-        # Bins of about `batch_size` samples each: one row per step, samples kept apart by the mask.
+        # Bins of about `per_rank` samples each: one row per process and step, samples kept apart by the mask.
         mean = sum(lengths) / max(1, len(lengths))
-        seq_len = max(plan.max_length, int(math.ceil(plan.batch_size * mean)))
+        seq_len = max(plan.max_length, int(math.ceil(per_rank * mean)))
         train_ds = pack_dataset(train_ds, seq_len, "bfd")
         val_ds = pack_dataset(val_ds, seq_len, "bfd") if val_ds is not None else None
         collator, per_device = PackedCollator(tok.pad_token_id), 1
     else:
-        collator, per_device = PaddedCollator(tok.pad_token_id), plan.batch_size
-    steps_per_epoch = max(1, math.ceil(len(train_ds) / (per_device * spec.grad_accum)))
+        collator, per_device = PaddedCollator(tok.pad_token_id), per_rank
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / (per_device * spec.grad_accum * world)))
     has_val = val_ds is not None
     best = bool(has_val and (spec.keep_best or spec.early_stopping_patience))
     best_metric = _best_metric(spec)
@@ -244,6 +322,8 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
         dataloader_num_workers=0,
         remove_unused_columns=False,
         use_cpu=not _cuda(),
+        activation_checkpointing=spec.gradient_checkpointing,
+        **distributed_args(spec, world),
     )
     callbacks = [MetricsCallback(out / "metrics.jsonl"), ProgressCallback(progress)]
     if has_val and spec.early_stopping_patience:
@@ -262,6 +342,48 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar and metrics.jsonl say it once
     return trainer
+
+
+def distributed_args(spec: TrainSpec, world: int) -> dict:
+    """TrainingArguments for the chosen engine when several processes train: DDP (gloo on CPUs, NCCL on GPUs),
+    FSDP full sharding, or a DeepSpeed ZeRO config (stage 2 or 3, optional CPU offload)."""
+    if world == 1:
+        return {}
+    out: dict = {"ddp_backend": "nccl" if _cuda() else "gloo"}
+    if spec.distributed != "ddp" and not _cuda():
+        # PyTorch's FSDP itself runs on CPUs (gloo), but accelerate, which the Trainer trains through, turns its
+        # FSDP and DeepSpeed plugins on only for GPU-like backends: on CPUs the run would quietly be plain DDP.
+        raise LmtailorError(
+            f"distributed {spec.distributed} needs GPUs (accelerate shards only on GPU backends); "
+            "on CPUs use --distributed ddp"
+        )
+    if spec.distributed == "fsdp":
+        out.update(fsdp="full_shard auto_wrap",
+                   fsdp_config={"state_dict_type": "FULL_STATE_DICT", "use_orig_params": True})  # fmt: skip
+    elif spec.distributed.startswith("deepspeed"):
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise LmtailorError(
+                f"distributed {spec.distributed} needs DeepSpeed: pip install deepspeed (on a CUDA machine)"
+            ) from None
+        stage = 3 if spec.distributed.endswith("3") else 2
+        zero: dict = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
+        if stage == 3:
+            zero["stage3_gather_16bit_weights_on_model_save"] = True
+            if spec.offload:
+                zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+                zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        out["deepspeed"] = {
+            "zero_optimization": zero,
+            "bf16": {"enabled": "auto"},
+            "fp16": {"enabled": "auto"},
+            "train_micro_batch_size_per_gpu": "auto",
+            "train_batch_size": "auto",
+            "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto",
+        }
+    return out
 
 
 def _best_metric(spec: TrainSpec) -> str:
@@ -297,7 +419,7 @@ def _save(model, tok, out: Path, strategy: str, merge: bool, base_path: Path) ->
     import torch
 
     base_dtype = getattr(torch, _stored_dtype(base_path), torch.float32)
-    if strategy == "lora":
+    if strategy in ("lora", "qlora"):
         adapter = out / "adapter"
         tmp = out / ".adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -347,7 +469,7 @@ def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, prec
         "parent": parent,
         "method": spec.method,
         "strategy": plan.strategy,
-        "adapter": "adapter" if plan.strategy == "lora" else None,
+        "adapter": "adapter" if plan.strategy in ("lora", "qlora") else None,
         "hyperparameters": {
             **spec.model_dump(exclude={"data", "val_data", "output", "name", "resume"}),
             "learning_rate": plan.learning_rate,
@@ -357,6 +479,8 @@ def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, prec
             "strategy": plan.strategy,
             "freeze_modules": plan.freeze_modules,
             "precision": precision,
+            "distributed": spec.distributed if world_size() > 1 else None,
+            "gradient_checkpointing": spec.gradient_checkpointing,
             "neftune_alpha": plan.neftune_alpha,
             "augment_copies": plan.augment_copies,
         },

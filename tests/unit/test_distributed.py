@@ -1,0 +1,186 @@
+"""Several processes training one model on this CPU (gloo): the same run as one process, and failures in words."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROWS = [
+    (f"What is {i} plus {i}?", f"{i} plus {i} is {2 * i}.") for i in range(10, 26)
+]  # 16 rows, alike in length
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train(model: Path, data: Path, out: Path, *extra: str, spec=(), wait: bool = True):
+    cmd = [sys.executable, "-m", "lmtailor.cli", "train", *spec, "--model", str(model), "--data", str(data),
+           "--output", str(out), *(() if "--strategy" in extra else ("--strategy", "full")), "--batch-size", "4", "--epochs", "2", "--no-packing",
+           "--lr", "1e-3", "--precision", "fp32", "--seed", "0", "--master-port", str(_port()), *extra]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "LMTAILOR_HOME": str(out.parent / "home")}
+    if not wait:
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _losses(out: Path) -> list[float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+@pytest.fixture
+def data(tmp_path, write_chat) -> Path:
+    return write_chat(tmp_path / "train.jsonl", ROWS, systems={})
+
+
+@pytest.fixture
+def spec(tmp_path) -> Path:
+    """NEFTune off: its embedding noise is drawn per process, so with it two processes are alike in
+    distribution only, not step for step."""
+    path = tmp_path / "spec.yaml"
+    path.write_text("neftune_alpha: 0\n", encoding="utf-8")
+    return path
+
+
+GPUS = torch.cuda.device_count()
+NO_FSDP = (
+    "FSDP through the Trainer needs 2 GPUs: accelerate enables its FSDP plugin only on GPU backends "
+    "(DistributedType.MULTI_CPU has none), although PyTorch's FSDP itself runs on CPUs with gloo"
+)
+
+
+@pytest.mark.parametrize(
+    "engine", ["ddp", pytest.param("fsdp", marks=pytest.mark.skipif(GPUS < 2, reason=NO_FSDP))]
+)
+def test_two_processes_train_as_one_with_the_same_global_batch(engine, tiny_llama_dir, data, spec, tmp_path):
+    """2 processes x 2 rows = 1 process x 4 rows: the same losses and weights (gloo on CPUs)."""
+    one = _train(tiny_llama_dir, data, tmp_path / "one", spec=[str(spec)])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _train(
+        tiny_llama_dir, data, tmp_path / "two", "--devices", "2", "--distributed", engine, spec=[str(spec)]
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert f"launching 2 processes on node 0 of 1 (2 in all, {engine})" in two.stdout
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(a) == len(b) == 4
+    assert b == pytest.approx(a, rel=1e-5)
+    wa = load_file(tmp_path / "one" / "model.safetensors")
+    wb = load_file(tmp_path / "two" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    start = load_file(tiny_llama_dir / "model.safetensors")
+    moved = max((wa[k].float() - start[k].float()).abs().max().item() for k in wa if k in start)
+    assert moved > 1e-3  # the weights did train
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6)
+    # rank 0 alone wrote the artifacts: one card saying how it ran, metrics logged once per step
+    card = json.loads((tmp_path / "two" / "lmtailor.json").read_text())
+    assert card["hyperparameters"]["batch_size"] == 4 and card["hyperparameters"]["distributed"] == engine
+    wrapped = {"ddp": "DistributedDataParallel", "fsdp": "FullyShardedDataParallel"}[engine]
+    assert card["metrics"]["processes"] == 2 and card["metrics"]["wrapped_as"] == wrapped
+    steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]  # fmt: skip
+    assert len(steps) == len(set(steps))
+
+
+@pytest.mark.skipif(GPUS > 0, reason="on a GPU machine FSDP runs (the test above)")
+def test_sharded_engines_on_cpus_are_refused_in_words(tiny_llama_dir, data, tmp_path):
+    """Rather than quietly training plain DDP (what accelerate would do with FSDP asked for on CPUs)."""
+    for engine in ("fsdp", "deepspeed-zero3"):
+        run = _train(tiny_llama_dir, data, tmp_path / engine, "--devices", "2", "--distributed", engine)
+        assert run.returncode == 1
+        said = " ".join(run.stderr.split())
+        assert f"training failed on rank 0 of 2: distributed {engine} needs GPUs" in said, said[-2000:]
+        assert "use --distributed ddp" in said
+
+
+def test_without_an_output_folder_every_rank_writes_to_the_one_the_launcher_names(
+    tiny_llama_dir, data, tmp_path
+):
+    cmd = [sys.executable, "-m", "lmtailor.cli", "train", "--model", str(tiny_llama_dir), "--data", str(data),
+           "--strategy", "full", "--batch-size", "4", "--epochs", "1", "--devices", "2", "--master-port", str(_port())]  # fmt: skip
+    home = tmp_path / "home"
+    run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "2", "LMTAILOR_HOME": str(home)},
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    folders = [p for p in (home / "models").iterdir() if p.is_dir()]
+    assert len(folders) == 1 and (folders[0] / "model.safetensors").exists()
+    assert str(folders[0]) in " ".join(run.stdout.split())
+
+
+def test_an_error_in_the_ranks_comes_back_in_one_line(tiny_llama_dir, data, tmp_path):
+    run = _train(tiny_llama_dir, data, tmp_path / "odd", "--devices", "2", "--batch-size", "3")
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-2:]
+    assert "error: training failed on rank 0 of 2: batch size 3 does not split evenly over 2" in " ".join(
+        last
+    )
+    assert "Traceback" not in run.stderr
+
+
+def test_a_killed_rank_fails_the_run_and_writes_no_model(tiny_llama_dir, data, tmp_path):
+    out = tmp_path / "long"
+    run = _train(tiny_llama_dir, data, out, "--devices", "2", "--epochs", "400", wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        victim = None
+        while victim is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            started = (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()
+            for child in psutil.Process(run.pid).children(recursive=True) if started else []:
+                try:
+                    if child.environ().get("RANK") == "1":
+                        victim = child
+                except psutil.Error:
+                    continue
+        assert victim is not None, "rank 1 never started training"
+        victim.kill()
+        output, _ = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1
+    assert "error: training failed on rank 1 of 2: killed by SIGKILL" in " ".join(output.split())
+    assert not (out / "model.safetensors").exists() and not (out / "lmtailor.json").exists()
+    leftovers = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "lmtailor.train.launch" in " ".join(p.cmdline())
+    ]
+    assert not leftovers  # the launcher took the other rank down with it
+
+
+@pytest.mark.skipif(GPUS > 0, reason="this machine has a GPU: QLoRA runs (scripts/gpu_check.sh)")
+def test_qlora_without_a_gpu_is_refused_in_words(tiny_llama_dir, data, tmp_path):
+    run = _train(tiny_llama_dir, data, tmp_path / "q", "--strategy", "qlora")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    said = " ".join(run.stderr.split())
+    assert "strategy qlora needs a CUDA GPU" in said and "use strategy lora" in said
+
+
+def test_gradient_checkpointing_changes_memory_not_the_result(tiny_llama_dir, data, spec, tmp_path):
+    plain = _train(tiny_llama_dir, data, tmp_path / "plain", spec=[str(spec)])
+    ckpt = _train(tiny_llama_dir, data, tmp_path / "ckpt", "--gradient-checkpointing", spec=[str(spec)])
+    assert plain.returncode == 0 and ckpt.returncode == 0, ckpt.stderr[-2000:]
+    assert _losses(tmp_path / "ckpt") == pytest.approx(_losses(tmp_path / "plain"), rel=1e-5)
+    # read from the trained model, not the spec: checkpointing was on in one run and off in the other
+    assert (
+        json.loads((tmp_path / "ckpt" / "lmtailor.json").read_text())["metrics"]["gradient_checkpointing"]
+        is True
+    )
+    assert (
+        json.loads((tmp_path / "plain" / "lmtailor.json").read_text())["metrics"]["gradient_checkpointing"]
+        is False
+    )
