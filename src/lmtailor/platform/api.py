@@ -467,14 +467,15 @@ def _job_spec(body: dict, holds: str, servers: tuple[str, ...]) -> dict:
     return dict(raw)
 
 
-def _validated(cls, raw: dict):
-    """A job spec from its keys; the first invalid one as a 400 naming it."""
+def _validated(cls, raw: dict, field: str = "spec"):
+    """A spec from the keys of the request's `field`; the first invalid one as a 400 naming it."""
     try:
         return cls(**raw)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(map(str, err["loc"]))
-        raise ApiError(400, f"spec.{where}: {err['msg']}", param=f"spec.{where}" if where else "spec") from e
+        param = f"{field}.{where}" if where else field
+        raise ApiError(400, f"{param}: {err['msg']}", param=param) from e
 
 
 def _options(extra: dict) -> dict:
@@ -492,12 +493,7 @@ def _options(extra: dict) -> dict:
         raise ApiError(400, f"lmtailor.{local[0]}: jobs run on this server's devices (lmtailor.devices); "
                             "several machines: `lmtailor train --nodes` on each (docs/scaling.md)",
                        param=f"lmtailor.{local[0]}")  # fmt: skip
-    try:
-        TrainSpec(model="x", data="x", **extra)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(map(str, err["loc"]))
-        raise ApiError(400, f"lmtailor.{key}: {err['msg']}", param=f"lmtailor.{key}") from e
+    _validated(TrainSpec, {"model": "x", "data": "x", **extra}, "lmtailor")
     return extra
 
 
