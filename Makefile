@@ -20,7 +20,8 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(VENV)/bin/lmtailor quickstart
 
-# The web console's tests drive Debian's Chromium through Playwright; a CJK font draws the Chinese interface.
+# The web console's tests drive Debian's Chromium through Playwright; a CJK font draws the Chinese interface
+# (and the Chinese PDF fixtures of tests/unit/test_documents.py).
 browser:
 	@test -x /usr/bin/chromium && fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei; }
