@@ -315,6 +315,8 @@ def _explain(cls: type[_Spec], e: ValidationError, where: str) -> str:
         if err["type"] == "extra_forbidden":
             valid = ", ".join(cls.model_fields)
             lines.append(f"{where}: unknown key {key!r}; valid keys: {valid}")
+        elif not err["loc"]:  # a rule across keys (the validators below): its own words, no field name
+            lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"{where}: {key}: {err['msg']}")
+            lines.append(f"{where}: {key}: {err['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)

@@ -92,7 +92,12 @@ def test_missing_required_data() -> None:
 def test_freeze_options_need_the_freeze_strategy() -> None:
     with pytest.raises(SpecError) as e:
         build_spec(TrainSpec, {"data": "d.jsonl", "freeze_layers": 2})
-    assert "freeze_layers / freeze_modules need strategy: freeze" in str(e.value)
+    assert (
+        str(e.value) == "spec: freeze_layers / freeze_modules need strategy: freeze"
+    )  # a rule, in its words
+    with pytest.raises(SpecError) as e:
+        build_spec(TrainSpec, {"data": "d.jsonl", "method": "dpo", "devices": 2})
+    assert str(e.value) == "spec: method dpo trains on one process: devices and nodes are for sft"
     spec = build_spec(TrainSpec, {"data": "d.jsonl", "strategy": "freeze", "freeze_layers": 2})
     assert spec.freeze_layers == 2
 
