@@ -410,20 +410,18 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
     async def get_lmtailor_job(job_id: str):
         job = _job(store, job_id)
         data = _job_json(store, job)
-        metrics = store.home / "jobs" / job.id / "eval" / "metrics.json"
-        if job.kind == "eval" and metrics.exists():
-            import json
+        import json
 
+        from lmtailor.platform.runjob import job_dir, public_report
+
+        metrics = job_dir(store, job) / "eval" / "metrics.json"
+        if job.kind == "eval" and metrics.exists():
             data["result"] = result = json.loads(metrics.read_text(encoding="utf-8"))
             names = (job.options or {}).get(NAMES) or {}
             for m in result.get("models", []):  # the names the client asked with, not the folders they load
                 m["name"] = names.get(m["name"], m["name"])
-        report = store.home / "jobs" / job.id / "synth" / "train.report.json"
+        report = job_dir(store, job) / "synth" / "train.report.json"  # where runjob._synth writes it
         if job.kind == "synth" and report.exists():
-            import json
-
-            from lmtailor.platform.runjob import public_report
-
             data["result"] = public_report(json.loads(report.read_text(encoding="utf-8")), job.model,
                                            job.result_files or [])  # fmt: skip
         return data
