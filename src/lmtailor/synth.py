@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lmtailor.data.clean import _NearDupIndex, _shingles, normalize_text
-from lmtailor.data.documents import Chunk, chunk_sections, expand, language, read_document, token_counter
+from lmtailor.data.documents import Chunk, chunk_read, language, read_documents, token_counter
 from lmtailor.errors import LmtailorError, ModelError
 from lmtailor.home import atomic_write_json, atomic_write_text
 from lmtailor.specs import SynthSpec
@@ -539,17 +539,10 @@ def run_synth(
     t0 = time.time()
     paths = output_paths(spec.output or "synth.jsonl")
     shown = (names or {}).get(spec.generator, spec.generator)  # the generator as the user named it
-    documents = [
-        (path, read_document(path)) for path in expand(spec.docs)
-    ]  # bad files fail before a model loads
+    documents = read_documents(spec.docs)  # bad files fail before a model loads
     gen = Generator(spec.generator, spec, home, log)
     gen.load()
-    count = _counter(spec, gen, home)
-    chunks = [
-        c
-        for path, sections in documents
-        for c in chunk_sections(sections, path.name, count, spec.chunk_tokens, spec.chunk_overlap)
-    ]
+    chunks = chunk_read(documents, _counter(spec, gen, home), spec.chunk_tokens, spec.chunk_overlap)
     if names:
         for c in chunks:
             c.document = names.get(c.document, c.document)

@@ -332,10 +332,26 @@ def chunk_documents(
     paths: list[str | Path], count: Callable[[str], int], max_tokens: int = 300, overlap: int = 40
 ) -> list[Chunk]:
     """Every chunk of every document, in order; a folder stands for the documents in it (recursively)."""
-    chunks: list[Chunk] = []
-    for path in expand(paths):
-        chunks.extend(chunk_sections(read_document(path), path.name, count, max_tokens, overlap))
-    return chunks
+    return chunk_read(read_documents(paths), count, max_tokens, overlap)
+
+
+def read_documents(paths: list[str | Path]) -> list[tuple[Path, list[Section]]]:
+    """Each document's sections; a bad file fails here, before anything is chunked (or a model loaded)."""
+    return [(path, read_document(path)) for path in expand(paths)]
+
+
+def chunk_read(
+    documents: list[tuple[Path, list[Section]]],
+    count: Callable[[str], int],
+    max_tokens: int = 300,
+    overlap: int = 40,
+) -> list[Chunk]:
+    """The chunks of documents already read (read_documents), in order."""
+    return [
+        c
+        for path, sections in documents
+        for c in chunk_sections(sections, path.name, count, max_tokens, overlap)
+    ]
 
 
 def expand(paths: list[str | Path]) -> list[Path]:

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 from lmtailor.errors import DataError, LmtailorError, SpecError
 from lmtailor.home import atomic_write_text
 from lmtailor.platform.store import ACTIVE, Checkpoint, File, Job, Model, Store, new_id, now
-from lmtailor.train.launch import Paused
+from lmtailor.train.launch import Paused, die_with_parent
 
 
 def fine_tuned_name(job: Job) -> str:
@@ -415,7 +414,9 @@ def rank_callbacks(spec) -> list:
         os.environ["LMTAILOR_JOB_HOME"],
         os.environ["LMTAILOR_JOB_DB"],
     )
-    if os.environ.get("RANK", "0") == "0":
+    from lmtailor.train.sft import is_rank0
+
+    if is_rank0():
         from lmtailor.models.catalog import resolve
 
         store = Store(home, db or None)
@@ -456,13 +457,7 @@ def _die_with_parent() -> None:
     """SIGTERM when the server that started us dies (Linux's parent-death signal), set here rather than in a
     preexec_fn, which is unsafe in a threaded server; and if it already died before this line, stop now."""
     parent = os.environ.get("LMTAILOR_PARENT_PID")
-    if not parent:
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+    if not parent or not die_with_parent():
         return
     if os.getppid() != int(parent):
         sys.exit("the server that started this job is gone")

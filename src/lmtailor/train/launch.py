@@ -163,7 +163,7 @@ def _worker(argv: list[str]) -> None:
     parser.add_argument("spec")
     parser.add_argument("--home", default="")
     ns = parser.parse_args(argv)
-    _die_with_launcher()
+    die_with_parent()
 
     @record
     def main() -> None:
@@ -172,14 +172,14 @@ def _worker(argv: list[str]) -> None:
 
         # this file runs as __main__ in the ranks: the Paused the job's callbacks raise is the module's one
         from lmtailor.train.launch import Paused as JobPaused
-        from lmtailor.train.sft import run_sft
+        from lmtailor.train.sft import is_rank0, run_sft
 
         if "OMP_NUM_THREADS" in os.environ:
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         if torch.cuda.is_available():  # "cuda" is this rank's GPU from here on, not GPU 0 for every rank
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         spec = TrainSpec(**json.loads(Path(ns.spec).read_text(encoding="utf-8")))
-        rank0 = os.environ.get("RANK", "0") == "0"
+        rank0 = is_rank0()
         callbacks = None
         hook = os.environ.get("LMTAILOR_RANK_CALLBACKS")  # "module:function" (spec) -> callbacks of this rank
         if hook:  # e.g. a fine-tuning job's events and pauses (platform/runjob.rank_callbacks)
@@ -200,16 +200,17 @@ def _worker(argv: list[str]) -> None:
     main()
 
 
-def _die_with_launcher() -> None:
-    """SIGTERM this rank when its launcher dies (Linux's parent-death signal): a launcher killed with SIGKILL
-    (a cancelled job, a killed server) leaves no rank training on its own."""
+def die_with_parent() -> bool:
+    """SIGTERM this process when its parent dies (Linux's parent-death signal); False where it cannot be set.
+    A rank's launcher killed with SIGKILL (a cancelled job, a killed server) leaves no rank training alone."""
     import ctypes
     import signal
 
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        return
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def dry_run(spec, home=None) -> dict:
     from lmtailor.models.catalog import resolve
     from lmtailor.models.loading import _count_parameters, best_device, load_tokenizer
     from lmtailor.train.defaults import choose
-    from lmtailor.train.sft import _precision, load_train_val
+    from lmtailor.train.sft import _precision, load_train_val, packed_row_length
 
     train, val = load_train_val(spec)
     base = resolve(spec.model, home)
@@ -117,8 +117,7 @@ def dry_run(spec, home=None) -> dict:
     precision = _precision(spec, device)
     processes = spec.devices * spec.nodes
     per_rank = max(1, plan.batch_size // processes)
-    mean = sum(lengths) / max(1, len(lengths))
-    row = max(plan.max_length, int(per_rank * mean)) if spec.packing else plan.max_length  # as sft packs
+    row = packed_row_length(plan.max_length, per_rank, lengths) if spec.packing else plan.max_length
     need = estimate(base.path, kind, plan.batch_size, plan.max_length, spec.lora_r,
                     dtype_bytes=2 if precision in ("bf16", "fp16") else 4, parameters=params or None,
                     processes=processes, distributed=spec.distributed, offload=spec.offload,

@@ -99,7 +99,7 @@ def run_sft(
     resume = last_checkpoint(out) if spec.resume else None
     if spec.resume and resume is None:
         log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
-    if os.environ.get("RANK", "0") == "0":  # one process rewrites the file the others never write
+    if is_rank0():  # one process rewrites the file the others never write
         _reset_metrics(out / "metrics.jsonl", resume)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -137,6 +137,18 @@ def run_sft(
 def world_size() -> int:
     """Processes training together (torchrun sets WORLD_SIZE in each); 1 without a launcher."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def packed_row_length(max_length: int, per_rank: int, lengths: list[int]) -> int:
+    """Tokens of a packed row: bins of about `per_rank` samples each, one row per process and step (samples
+    kept apart by the mask); the memory estimate (train/memory.py) assumes the same rows."""
+    mean = sum(lengths) / max(1, len(lengths))
+    return max(max_length, int(math.ceil(per_rank * mean)))
+
+
+def is_rank0() -> bool:
+    """The process that writes (torchrun sets RANK in each); True without a launcher."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _gathered(trainer, out: Path, strategy: str, base_path: Path):
@@ -275,9 +287,7 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
     if spec.packing:
         from trl import pack_dataset
 
-        # Bins of about `per_rank` samples each: one row per process and step, samples kept apart by the mask.
-        mean = sum(lengths) / max(1, len(lengths))
-        seq_len = max(plan.max_length, int(math.ceil(per_rank * mean)))
+        seq_len = packed_row_length(plan.max_length, per_rank, lengths)
         train_ds = pack_dataset(train_ds, seq_len, "bfd")
         val_ds = pack_dataset(val_ds, seq_len, "bfd") if val_ds is not None else None
         collator, per_device = PackedCollator(tok.pad_token_id), 1
