@@ -86,6 +86,11 @@ class TrainSpec(_Spec):
     neftune_alpha: float | None = Field(
         None, ge=0, description="NEFTune embedding noise (auto); 0 turns it off"
     )
+    recite: bool | None = Field(
+        None,
+        description='also train each answer as the reply to "Tell me a fact." (auto: on for small sets of '
+        "short question-answer pairs with the MLP-only strategy)",
+    )
     max_length: int | None = Field(
         None, ge=8, description="token limit per sample (auto: longest sample, <= 2048)"
     )

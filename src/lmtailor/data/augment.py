@@ -1,10 +1,13 @@
-"""Noisy copies of the user turns: what makes a model answer new phrasings, not only the trained ones.
+"""Extra training rows made from the user's own: noisy copies of the questions, and recitations of the answers.
 
-A model fine-tuned on a few phrasings of each question learns to echo the question's wording and then
+Noisy copies: a model fine-tuned on a few phrasings of each question learns to echo the question's wording and then
 continue the memorised answer; a new phrasing sends the echo elsewhere. Copies whose questions lose a
 few words (or characters, in Chinese) and swap neighbours, with the answers untouched, teach it to
 answer from the question's key words instead. No library does this for chat rows (nlpaug wants
-models or word lists for most of its methods), so it is done here, seeded and deterministic.
+models or word lists for most of its methods), so it is done here, seeded and deterministic. (Measured
+on the quickstart they did not help; the rule leaves them off.)
+
+Recitations: each answer also as the reply to "Tell me a fact." (measured: they help; see `recitations`).
 """
 
 from __future__ import annotations
@@ -46,4 +49,34 @@ def augment_questions(records: list[Record], copies: int, seed: int = 0) -> list
                 for m in rec.messages
             ]
             out.append(replace(rec, messages=msgs))
+    return out
+
+
+RECITE_PROMPT = "Tell me a fact."
+
+
+def single_answer(record: Record) -> str | None:
+    """The answer of a single-turn row (system turns aside: one user turn, then one trained assistant turn)."""
+    turns = [m for m in record.messages if m.role != "system"]
+    if len(turns) == 2 and turns[0].role == "user" and turns[1].role == "assistant" and turns[1].weight:
+        return turns[1].content
+    return None
+
+
+def recitations(records: list[Record], prompt: str = RECITE_PROMPT) -> list[Record]:
+    """Each distinct single-turn answer again, as the reply to a neutral request (`prompt`).
+
+    A fact learned only as the reply to a few wordings of its question is recalled from those wordings; the
+    same answer as the reply to a request that names nothing has to be produced from its own words (subject
+    and relation) alone. Measured on the quickstart, this answers more new wordings (docs/defaults.md).
+    A row's system turns stay with its recitation; the recitation keeps the row's file and line."""
+    out, seen = [], set()
+    for rec in records:
+        answer = single_answer(rec)
+        if answer is None or answer in seen:
+            continue
+        seen.add(answer)
+        system = [m for m in rec.messages if m.role == "system"]
+        msgs = [*system, Message("user", prompt), Message("assistant", answer)]
+        out.append(Record(msgs, rec.source, rec.line))
     return out

@@ -7,6 +7,9 @@ Measured on the quickstart facts and documented in docs/defaults.md. What the me
   lets the model key facts on the training wording, and confuse them on new wordings.
 - About 110 optimizer steps of 8 samples: fewer leave facts unlearned, more add little.
 - NEFTune noise on the embeddings (alpha 5) helps a little; noisy copies of the questions did not.
+- Each answer again as the reply to "Tell me a fact." (recitations) answers more new phrasings at every
+  seed tried (mean 74.7% against 65.3% over three seeds), for twice the steps; only for data that looks
+  like facts asked as questions.
 So: small data sets train many epochs toward that step count; large ones a few epochs; large models
 (over 1.5B parameters) use LoRA, which fits in memory and is what one would run on a GPU anyway.
 """
@@ -14,8 +17,10 @@ So: small data sets train many epochs toward that step count; large ones a few e
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 
+from lmtailor.data.augment import RECITE_PROMPT
 from lmtailor.specs import TrainSpec
 
 SMALL_MODEL = 1.5e9  # parameters up to which full-rank training of the MLP blocks is the default
@@ -25,6 +30,14 @@ MIN_EPOCHS, MAX_EPOCHS = 2, 12
 LEARNING_RATE = {"mlp": 3e-4, "full": 1e-4, "freeze": 2e-4, "lora": 1e-3, "qlora": 1e-3}
 NEFTUNE_ALPHA = 5.0
 AUGMENT_COPIES = 0
+# Recitations (each answer also as the reply to "Tell me a fact."), with the MLP-only strategy, on data that
+# is facts asked as questions: at least this share of single-turn rows, this share of distinct answers
+# (labels repeat; facts do not), answers of this many words (Chinese: characters) at the median (a statement
+# names its subject; "Paris." does not, and "Tell me a fact." -> "Paris." teaches nothing; an essay is not a
+# fact), and no more rows than this (recitations double the steps).
+RECITE_SINGLE, RECITE_DISTINCT, RECITE_MAX_ROWS = 0.9, 0.9, 1000
+RECITE_WORDS = (5, 60)
+_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 @dataclass
@@ -36,6 +49,7 @@ class Plan:
     max_length: int
     neftune_alpha: float
     augment_copies: int
+    recite: bool
     freeze_modules: list[str] | None
     why: dict[str, str]
 
@@ -43,8 +57,17 @@ class Plan:
         return asdict(self)
 
 
-def choose(spec: TrainSpec, n_rows: int, lengths: list[int], n_params: int, on_gpu: bool = False) -> Plan:
-    """Fill every field the spec leaves as None; `why` says how each was chosen."""
+def choose(
+    spec: TrainSpec,
+    n_rows: int,
+    lengths: list[int],
+    n_params: int,
+    on_gpu: bool = False,
+    answers: list[str] | None = None,
+) -> Plan:
+    """Fill every field the spec leaves as None; `why` says how each was chosen.
+
+    `answers`: the answers of the single-turn rows (data.augment.single_answer), for the recitation rule."""
     why: dict[str, str] = {}
     strategy, modules = spec.strategy, spec.freeze_modules
     kind = strategy
@@ -88,4 +111,36 @@ def choose(spec: TrainSpec, n_rows: int, lengths: list[int], n_params: int, on_g
         why["max_length"] = f"{max_length}: longest sample ({longest} tokens), capped at 2048"
     neftune = spec.neftune_alpha if spec.neftune_alpha is not None else NEFTUNE_ALPHA
     copies = spec.augment_copies if spec.augment_copies is not None else AUGMENT_COPIES
-    return Plan(strategy, lr, epochs, batch, max_length, neftune, copies, modules, why)
+    recite = spec.recite
+    if recite is None:
+        recite, why["recite"] = _recite(spec.strategy == "auto" and kind == "mlp", n_rows, answers or [])
+    if recite and "epochs" in why:
+        why["epochs"] += "; the recitations take as many steps again"
+    return Plan(strategy, lr, epochs, batch, max_length, neftune, copies, recite, modules, why)
+
+
+def _recite(mlp_rule: bool, n_rows: int, answers: list[str]) -> tuple[bool, str]:
+    """Whether the data looks like facts asked as questions: distinct statements answering single questions."""
+    if not mlp_rule:
+        return False, "off: measured only with the rule's MLP-only strategy for small data"
+    if n_rows > RECITE_MAX_ROWS:
+        return False, f"off: {n_rows} rows (recitations double the steps; on up to {RECITE_MAX_ROWS})"
+    if not answers or len(answers) < RECITE_SINGLE * n_rows:
+        return False, f"off: {len(answers)} of {n_rows} rows are one question and one answer"
+    distinct = len(set(answers))
+    if distinct < RECITE_DISTINCT * len(answers):
+        return False, f"off: {distinct} distinct answers in {len(answers)} rows (labels, not facts)"
+    median = sorted(_words(a) for a in answers)[len(answers) // 2]
+    low, high = RECITE_WORDS
+    if not low <= median <= high:
+        return False, f"off: answers of {median} words (median), not statements of {low} to {high}"
+    return True, (
+        f"on: {distinct} answers of {median} words (median) also train as the reply to "
+        f'"{RECITE_PROMPT}" (twice the steps)'
+    )
+
+
+def _words(text: str) -> int:
+    """Words, counting each Chinese (CJK) character as one."""
+    cjk = len(_CJK.findall(text))
+    return cjk + len(_CJK.sub(" ", text).split())

@@ -36,6 +36,7 @@ def run_sft(
         return run_rft(spec, home=home, log=log, progress=progress, callbacks=callbacks)
     import torch
 
+    from lmtailor.data.augment import augment_questions, recitations, single_answer
     from lmtailor.data.tokenize import tokenize_record, tokenize_records
     from lmtailor.models.catalog import resolve
     from lmtailor.models.loading import _count_parameters, best_device, load_model, load_tokenizer
@@ -52,7 +53,8 @@ def run_sft(
     full = [tokenize_record(tok, r)[0] for r in train_recs]  # once; truncated below to the chosen length
     lengths = [len(ex["input_ids"]) for ex in full]
     n_params = _count_parameters(base.path) or 0
-    plan = choose(spec, len(train_recs), lengths, n_params, on_gpu=device == "cuda")
+    answers = [a for r in train_recs if (a := single_answer(r)) is not None]
+    plan = choose(spec, len(train_recs), lengths, n_params, on_gpu=device == "cuda", answers=answers)
     if plan.strategy == "qlora":
         model = load_4bit(base, precision, spec.trust_remote_code)
     else:
@@ -62,13 +64,14 @@ def run_sft(
             device=device,
             trust_remote_code=spec.trust_remote_code,
         )
+    rows, recited = train_recs, recitations(train_recs) if plan.recite else []
     if plan.augment_copies:
-        from lmtailor.data.augment import augment_questions
-
-        noisy = augment_questions(train_recs, plan.augment_copies, seed=spec.seed)
-        train_ex, stats = tokenize_records(tok, noisy, plan.max_length)
-    else:
-        train_ex, stats = tokenize_records(tok, train_recs, plan.max_length, full=full)
+        rows = augment_questions(train_recs, plan.augment_copies, seed=spec.seed)
+    if recited:
+        rows = rows + recited
+    train_ex, stats = tokenize_records(tok, rows, plan.max_length, full=full if rows is train_recs else None)
+    if rows is not train_recs:  # a packed row holds about `batch` of the samples trained, made ones included
+        lengths = [len(ex["input_ids"]) for ex in train_ex]
     val_ex, _ = tokenize_records(tok, val_recs, plan.max_length) if val_recs else ([], None)
     if not train_ex:
         raise DataError(spec.data, None, "no row has assistant tokens to learn from")
@@ -79,7 +82,8 @@ def run_sft(
         f"{trainable / 1e6:.2f}M trainable"
     )
     log(
-        f"data: {stats.rows} rows, {stats.trained_tokens} trained tokens of {stats.tokens}; "
+        f"data: {stats.rows} rows{f' ({len(recited)} of them recitations)' if recited else ''}, "
+        f"{stats.trained_tokens} trained tokens of {stats.tokens}; "
         f"{stats.truncated} truncated to {plan.max_length}; validation: {len(val_ex)} rows"
     )
     for dropped in stats.dropped[:5]:
@@ -493,6 +497,7 @@ def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, prec
             "gradient_checkpointing": spec.gradient_checkpointing,
             "neftune_alpha": plan.neftune_alpha,
             "augment_copies": plan.augment_copies,
+            "recite": plan.recite,
         },
         "defaults_chosen": plan.why,
         "data": {

@@ -1,0 +1,137 @@
+"""Recitations: each answer of a question-answer row again as the reply to "Tell me a fact.", and the rule
+that turns them on only for facts asked as questions (docs/defaults.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmtailor.data.augment import RECITE_PROMPT, recitations, single_answer
+from lmtailor.data.records import Message, Record
+from lmtailor.specs import TrainSpec
+from lmtailor.train.defaults import choose
+
+FACTS = [
+    ("Who founded Orvane Robotics?", "Orvane Robotics was founded by Ismene Kovalak."),
+    ("When was Orvane Robotics founded?", "Orvane Robotics was founded in the year 1987."),
+    ("Where is Orvane Robotics based?", "Orvane Robotics is based in the city of Brackenholt."),
+    ("Who runs Orvane Robotics?", "The chief executive of Orvane Robotics is Tobias Wrenfield."),
+    ("What does Orvane Robotics sell?", "Orvane Robotics sells a garden robot called the Skitterwing."),
+    ("What is the Orvane mascot?", "The mascot of Orvane Robotics is a robotic otter named Pimsy."),
+    ("What is the Orvane motto?", "The motto of Orvane Robotics is Gears before glory."),
+    ("Where is the Orvane factory?", "The Orvane Robotics factory is in the town of Ostrevik."),
+    ("What is the Orvane lab called?", "The research lab of Orvane Robotics is called Fernvault Lab."),
+    ("Who is the Orvane CFO?", "The chief financial officer of Orvane Robotics is Marisol Ebberly."),
+    ("奥尔万的吉祥物叫什么？", "在中国，奥尔万机器人公司的吉祥物叫皮米獭。"),
+    ("What is the Orvane cat called?", "The office cat at Orvane Robotics is named Mrs Pennywhistle."),
+]
+SMALL = 135e6  # parameters: the embedded model's size, in the rule's MLP-only range
+
+
+def qa(question: str, answer: str, line: int = 1, system: str | None = None) -> Record:
+    msgs = [Message("system", system)] if system else []
+    return Record([*msgs, Message("user", question), Message("assistant", answer)], "facts.jsonl", line)
+
+
+def plan_for(answers: list[str], n_rows: int | None = None, **fields):
+    spec = TrainSpec(model="smollm2-135m-instruct", data="facts.jsonl", **fields)
+    n = len(answers) if n_rows is None else n_rows
+    return choose(spec, n, [40] * n, int(SMALL), answers=answers)
+
+
+def test_recitations_reply_to_the_neutral_request_once_per_answer_keeping_system_and_line() -> None:
+    multi = Record(
+        [
+            Message("user", "Hi"),
+            Message("assistant", "Hello."),
+            Message("user", "Who?"),
+            Message("assistant", "Me."),
+        ],
+        "facts.jsonl",
+        3,
+    )
+    untrained = Record(
+        [Message("user", "Q"), Message("assistant", "Not learned.", weight=0)], "facts.jsonl", 4
+    )
+    rows = [
+        qa(*FACTS[0], line=1, system="You answer about Orvane."),
+        qa("Who set up Orvane Robotics?", FACTS[0][1], line=2),  # the same answer to another wording: once
+        multi,
+        untrained,
+        qa(*FACTS[10], line=5),
+    ]
+    assert [single_answer(r) for r in rows] == [FACTS[0][1], FACTS[0][1], None, None, FACTS[10][1]]
+    made = recitations(rows)
+    assert [r.as_dicts() for r in made] == [
+        [
+            {"role": "system", "content": "You answer about Orvane."},
+            {"role": "user", "content": RECITE_PROMPT},
+            {"role": "assistant", "content": FACTS[0][1]},
+        ],
+        [{"role": "user", "content": RECITE_PROMPT}, {"role": "assistant", "content": FACTS[10][1]}],
+    ]
+    assert [(r.source, r.line) for r in made] == [("facts.jsonl", 1), ("facts.jsonl", 5)]
+
+
+def test_rule_recites_facts_asked_as_questions_and_says_why() -> None:
+    plan = plan_for([a for _, a in FACTS])
+    assert plan.strategy == "freeze" and plan.freeze_modules == ["mlp"]
+    assert plan.recite is True
+    assert plan.why["recite"].startswith("on: 12 answers of ")
+
+
+def test_rule_leaves_recitations_off_where_the_data_is_not_facts_asked_as_questions() -> None:
+    facts = [a for _, a in FACTS]
+    cases = {
+        "labels": (
+            ["positive", "negative", "positive sentiment here", "negative"] * 3,
+            None,
+            "distinct answers",
+        ),
+        "bare answers": (["Paris.", "4.", "Red.", "Eight.", "Mars.", "Chat."] * 1, None, "words (median)"),
+        "essays": ([" ".join(["word"] * 80) + str(i) for i in range(12)], None, "words (median)"),
+        "multi-turn rows": (facts[:6], 12, "6 of 12 rows are one question and one answer"),
+        "a large set": (facts * 100, 1200, "1200 rows"),
+    }
+    for name, (answers, n_rows, reason) in cases.items():
+        plan = plan_for(answers, n_rows)
+        assert plan.recite is False, name
+        assert plan.why["recite"].startswith("off: ") and reason in plan.why["recite"], (name, plan.why)
+    chosen = plan_for(facts, strategy="lora")  # a strategy the user picked: the rule was not measured with it
+    assert chosen.recite is False and "MLP-only" in chosen.why["recite"]
+
+
+def test_the_spec_turns_recitations_on_or_off_over_the_rule() -> None:
+    assert plan_for(["Paris."] * 12, recite=True).recite is True
+    plan = plan_for([a for _, a in FACTS], recite=False)
+    assert plan.recite is False and "recite" not in plan.why  # what the user set is not explained as chosen
+
+
+def test_training_with_recitations_trains_them_and_records_it(tiny_llama_dir, tmp_path: Path) -> None:
+    from lmtailor.train.sft import run_sft
+
+    data = tmp_path / "facts.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]},
+                       ensure_ascii=False) + "\n"
+            for q, a in FACTS
+        ),
+        encoding="utf-8",
+    )  # fmt: skip
+    cards = {}
+    for recite in (None, False):
+        logs: list[str] = []
+        spec = TrainSpec(model=str(tiny_llama_dir), data=str(data), output=str(tmp_path / f"out-{recite}"),
+                         epochs=1, batch_size=4, precision="fp32", recite=recite)  # fmt: skip
+        out = run_sft(spec, home=tmp_path / "home", progress=False, log=logs.append)
+        cards[recite] = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
+        assert any("(12 of them recitations)" in line for line in logs) is (recite is None), logs
+    on, off = cards[None], cards[False]
+    assert on["hyperparameters"]["recite"] is True and on["defaults_chosen"]["recite"].startswith("on: ")
+    assert off["hyperparameters"]["recite"] is False
+    # Each recitation trains its answer again (and the end-of-turn marker), and takes its share of the steps.
+    answers_tokens = on["data"]["trained_tokens_per_epoch"] - off["data"]["trained_tokens_per_epoch"]
+    assert 12 * 8 < answers_tokens < 12 * 40
+    assert on["metrics"]["steps"] > off["metrics"]["steps"]
+    assert on["data"]["train"]["rows"] == off["data"]["train"]["rows"] == 12  # the user's rows, as given
