@@ -107,6 +107,12 @@ def train(
     packing: Annotated[
         bool | None, typer.Option("--packing/--no-packing", help="pack samples (kept apart)")
     ] = None,
+    recite: Annotated[
+        bool | None,
+        typer.Option(
+            "--recite/--no-recite", help='also train each answer as the reply to "Tell me a fact." (auto)'
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     eval_steps: Annotated[int | None, typer.Option(help="validate every N steps")] = None,
     early_stopping_patience: Annotated[
@@ -170,7 +176,7 @@ def train(
         "freeze_modules": freeze_modules or None, "lora_r": lora_r, "lora_alpha": lora_alpha,
         "lora_dropout": lora_dropout, "lora_target_modules": lora_target_modules or None,
         "learning_rate": learning_rate, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
-        "warmup_ratio": warmup_ratio, "scheduler": scheduler, "max_length": max_length, "packing": packing,
+        "warmup_ratio": warmup_ratio, "scheduler": scheduler, "max_length": max_length, "packing": packing, "recite": recite,
         "seed": seed, "eval_steps": eval_steps, "early_stopping_patience": early_stopping_patience,
         "keep_best": keep_best, "eval_metrics": eval_metrics or None, "best_metric": best_metric, "save_steps": save_steps, "resume": resume, "precision": precision,
         "trust_remote_code": trust_remote_code, "gradient_checkpointing": gradient_checkpointing,
@@ -199,7 +205,7 @@ def _print_dry_run(spec, home) -> None:
     gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
     console.print(f"{got['model']} on {got['device']} ({got['precision']}): {got['rows']} training rows, "
                   f"{got['val_rows']} for validation")  # fmt: skip
-    for key in ("strategy", "learning_rate", "epochs", "batch_size", "max_length"):
+    for key in ("strategy", "learning_rate", "epochs", "batch_size", "max_length", "recite"):
         console.print(f"  {key} = {plan[key]}  ({plan['why'].get(key, 'as given')})")
     table = Table("memory per device", "estimate")
     for key in ("weights", "gradients", "optimizer", "activations", "logits", "runtime", "total"):

@@ -135,3 +135,33 @@ def test_training_with_recitations_trains_them_and_records_it(tiny_llama_dir, tm
     assert 12 * 8 < answers_tokens < 12 * 40
     assert on["metrics"]["steps"] > off["metrics"]["steps"]
     assert on["data"]["train"]["rows"] == off["data"]["train"]["rows"] == 12  # the user's rows, as given
+
+
+def test_the_train_command_shows_the_choice_and_takes_no_recite(tiny_llama_dir, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lmtailor.cli import app
+
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant",
+                    "content": a}]}, ensure_ascii=False) + "\n" for q, a in FACTS), encoding="utf-8")  # fmt: skip
+    base = [
+        "train",
+        "--model",
+        str(tiny_llama_dir),
+        "--data",
+        str(data),
+        "--dry-run",
+        "--home",
+        str(tmp_path / "h"),
+    ]
+    shown = {}
+    for flags in ([], ["--no-recite"], ["--recite"]):
+        result = CliRunner().invoke(app, base + flags, env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        shown[" ".join(flags)] = next(
+            line for line in result.output.splitlines() if "recite =" in line
+        ).strip()
+    assert shown[""].startswith("recite = True  (on: 12 answers of ")
+    assert shown["--no-recite"] == "recite = False  (as given)"
+    assert shown["--recite"] == "recite = True  (as given)"
