@@ -88,8 +88,8 @@ class TrainSpec(_Spec):
     )
     recite: bool | None = Field(
         None,
-        description='also train each answer as the reply to "Tell me a fact." (auto: on for small sets of '
-        "short question-answer pairs with the MLP-only strategy)",
+        description='also train each answer as the reply to "Tell me a fact." (auto: on with the MLP-only strategy '
+        "for up to 1,000 question-answer rows whose answers are statements of 5-60 words)",
     )
     max_length: int | None = Field(
         None, ge=8, description="token limit per sample (auto: longest sample, <= 2048)"

@@ -78,6 +78,9 @@ def test_rule_recites_facts_asked_as_questions_and_says_why() -> None:
     assert plan.strategy == "freeze" and plan.freeze_modules == ["mlp"]
     assert plan.recite is True
     assert plan.why["recite"].startswith("on: 12 answers of ")
+    # Several wordings of each question sharing one answer are still facts, recited once each.
+    shared = plan_for([a for _, a in FACTS] * 3)
+    assert shared.recite is True and shared.why["recite"].startswith("on: 12 answers of ")
 
 
 def test_rule_leaves_recitations_off_where_the_data_is_not_facts_asked_as_questions() -> None:

@@ -18,12 +18,12 @@ from dataclasses import replace
 
 from lmtailor.data.records import Message, Record
 
-_CJK = re.compile(r"[\u3400-\u9fff]")
+CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 def noisy_text(text: str, rng: random.Random, drop: float = 0.15) -> str:
     """Drop about `drop` of the words (CJK: characters) and swap one neighbouring pair."""
-    if _CJK.search(text):
+    if CJK.search(text):
         units, joiner = list(text), ""
     else:
         units, joiner = text.split(), " "

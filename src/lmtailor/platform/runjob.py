@@ -172,7 +172,7 @@ def _fine_tune(store: Store, job: Job) -> None:
     results = _results_file(store, job, out)
     store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None,
                      trained_tokens=int(card["metrics"].get("trained_tokens") or 0), result_files=[results],
-                     chosen={k: card["hyperparameters"].get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy")})  # fmt: skip
+                     chosen={k: card["hyperparameters"].get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy", "recite")})  # fmt: skip
     store.log(job.id, f"New fine-tuned model created: {name}")
     store.log(job.id, "The job has successfully completed")
 

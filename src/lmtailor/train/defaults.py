@@ -17,10 +17,9 @@ So: small data sets train many epochs toward that step count; large ones a few e
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass
 
-from lmtailor.data.augment import RECITE_PROMPT
+from lmtailor.data.augment import CJK, RECITE_PROMPT
 from lmtailor.specs import TrainSpec
 
 SMALL_MODEL = 1.5e9  # parameters up to which full-rank training of the MLP blocks is the default
@@ -31,13 +30,13 @@ LEARNING_RATE = {"mlp": 3e-4, "full": 1e-4, "freeze": 2e-4, "lora": 1e-3, "qlora
 NEFTUNE_ALPHA = 5.0
 AUGMENT_COPIES = 0
 # Recitations (each answer also as the reply to "Tell me a fact."), with the MLP-only strategy, on data that
-# is facts asked as questions: at least this share of single-turn rows, this share of distinct answers
-# (labels repeat; facts do not), answers of this many words (Chinese: characters) at the median (a statement
-# names its subject; "Paris." does not, and "Tell me a fact." -> "Paris." teaches nothing; an essay is not a
-# fact), and no more rows than this (recitations double the steps).
-RECITE_SINGLE, RECITE_DISTINCT, RECITE_MAX_ROWS = 0.9, 0.9, 1000
+# is facts asked as questions: at least this share of single-turn rows; at least this many distinct answers,
+# and this share of the rows (a label set repeats a few answers over all its rows; a fact set may repeat one
+# answer over a few wordings of its question); answers of this many words (Chinese: characters) at the
+# median (a statement names its subject; "Paris." does not, and "Tell me a fact." -> "Paris." teaches
+# nothing; an essay is not a fact); and no more rows than this (recitations double the steps).
+RECITE_SINGLE, RECITE_MIN_DISTINCT, RECITE_DISTINCT, RECITE_MAX_ROWS = 0.9, 8, 0.1, 1000
 RECITE_WORDS = (5, 60)
-_CJK = re.compile(r"[\u3400-\u9fff]")
 
 
 @dataclass
@@ -128,8 +127,11 @@ def _recite(mlp_rule: bool, n_rows: int, answers: list[str]) -> tuple[bool, str]
     if not answers or len(answers) < RECITE_SINGLE * n_rows:
         return False, f"off: {len(answers)} of {n_rows} rows are one question and one answer"
     distinct = len(set(answers))
-    if distinct < RECITE_DISTINCT * len(answers):
-        return False, f"off: {distinct} distinct answers in {len(answers)} rows (labels, not facts)"
+    if distinct < max(RECITE_MIN_DISTINCT, RECITE_DISTINCT * len(answers)):
+        return (
+            False,
+            f"off: {distinct} distinct answers in {len(answers)} rows (a few answers repeated: labels)",
+        )
     median = sorted(_words(a) for a in answers)[len(answers) // 2]
     low, high = RECITE_WORDS
     if not low <= median <= high:
@@ -142,5 +144,5 @@ def _recite(mlp_rule: bool, n_rows: int, answers: list[str]) -> tuple[bool, str]
 
 def _words(text: str) -> int:
     """Words, counting each Chinese (CJK) character as one."""
-    cjk = len(_CJK.findall(text))
-    return cjk + len(_CJK.sub(" ", text).split())
+    cjk = len(CJK.findall(text))
+    return cjk + len(CJK.sub(" ", text).split())

@@ -65,6 +65,13 @@ def run_sft(
             trust_remote_code=spec.trust_remote_code,
         )
     rows, recited = train_recs, recitations(train_recs) if plan.recite else []
+    if plan.recite and not recited:
+        log("recite: no single question-answer row to recite")
+    if recited and spec.max_length is None:  # a recitation outgrows its row when the question was shorter
+        longest = max(len(tokenize_record(tok, r)[0]["input_ids"]) for r in recited)
+        if longest > plan.max_length:
+            plan.max_length = min(2048, longest)
+            plan.why["max_length"] += f"; {longest} for the longest recitation"
     if plan.augment_copies:
         rows = augment_questions(train_recs, plan.augment_copies, seed=spec.seed)
     if recited:

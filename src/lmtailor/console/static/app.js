@@ -218,7 +218,7 @@ function showCard(m) {
   const card = m.card;
   const rows = card ? [["base", card.base_model], ["parent", card.parent ?? "–"], ["strategy", card.strategy],
     ["data", card.data?.train ? [card.data.train.file ?? card.data.train.path?.split("/").at(-1), card.data.train.rows && `${card.data.train.rows} ${t("data.rowsWord")}`].filter(Boolean).join(", ") : "–"],
-    ...Object.entries(card.hyperparameters ?? {}).filter(([k]) => ["learning_rate", "epochs", "n_epochs", "batch_size", "max_length", "lora_r", "precision"].includes(k)),
+    ...Object.entries(card.hyperparameters ?? {}).filter(([k]) => ["learning_rate", "epochs", "n_epochs", "batch_size", "max_length", "lora_r", "precision", "recite"].includes(k)),
     ...Object.entries(card.metrics ?? {}).map(([k, v]) => [k, typeof v === "number" ? num(v, 4) : JSON.stringify(v)])] : [];
   const deletable = ["fine-tuned", "checkpoint", "tuned", "merged"].includes(m.kind);
   box.replaceChildren(
