@@ -168,3 +168,31 @@ def test_the_train_command_shows_the_choice_and_takes_no_recite(tiny_llama_dir, 
     assert shown[""].startswith("recite = True  (on: 12 answers of ")
     assert shown["--no-recite"] == "recite = False  (as given)"
     assert shown["--recite"] == "recite = True  (as given)"
+
+
+def test_a_recitation_longer_than_its_row_is_not_cut(tiny_llama_dir, tmp_path: Path) -> None:
+    """The chosen max_length comes from the user's rows; a recitation of the longest row outgrows it when the
+    question is shorter than "Tell me a fact.", and would lose its end-of-turn marker."""
+    from lmtailor.data.tokenize import tokenize_record
+    from lmtailor.models.loading import load_tokenizer
+    from lmtailor.train.sft import run_sft
+
+    long_answer = (
+        "Orvane Robotics " + " ".join(f"builds robot number {i} in Ostrevik," for i in range(12)) + " daily."
+    )
+    rows = [*FACTS[:11], ("Why?", long_answer)]
+    data = tmp_path / "facts.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant",
+                    "content": a}]}, ensure_ascii=False) + "\n" for q, a in rows), encoding="utf-8")  # fmt: skip
+    tok = load_tokenizer(str(tiny_llama_dir))
+    row_len = len(tokenize_record(tok, qa("Why?", long_answer))[0]["input_ids"])
+    recital_len = len(tokenize_record(tok, qa(RECITE_PROMPT, long_answer))[0]["input_ids"])
+    assert 64 < row_len < recital_len  # the case: the longest row sets max_length, its recitation is longer
+    spec = TrainSpec(model=str(tiny_llama_dir), data=str(data), output=str(tmp_path / "out"), epochs=1,
+                     batch_size=4, precision="fp32")  # fmt: skip
+    card = json.loads((run_sft(spec, home=tmp_path / "h", progress=False, log=lambda *_: None) / "lmtailor.json")
+                      .read_text(encoding="utf-8"))  # fmt: skip
+    assert card["hyperparameters"]["recite"] is True
+    assert card["hyperparameters"]["max_length"] == recital_len
+    assert card["defaults_chosen"]["max_length"].endswith(f"; {recital_len} for the longest recitation")
+    assert card["data"]["truncated_rows"] == 0

@@ -30,8 +30,8 @@ LEARNING_RATE = {"mlp": 3e-4, "full": 1e-4, "freeze": 2e-4, "lora": 1e-3, "qlora
 NEFTUNE_ALPHA = 5.0
 AUGMENT_COPIES = 0
 # Recitations (each answer also as the reply to "Tell me a fact."), with the MLP-only strategy, on data that
-# is facts asked as questions: at least this share of single-turn rows; at least this many distinct answers,
-# and this share of the rows (a label set repeats a few answers over all its rows; a fact set may repeat one
+# is facts asked as questions: at least this share of single-turn rows; at least this many distinct answers
+# where answers repeat, and this share of the rows (a label set repeats a few answers over all its rows; a fact set may repeat one
 # answer over a few wordings of its question); answers of this many words (Chinese: characters) at the
 # median (a statement names its subject; "Paris." does not, and "Tell me a fact." -> "Paris." teaches
 # nothing; an essay is not a fact); and no more rows than this (recitations double the steps).
@@ -127,7 +127,8 @@ def _recite(mlp_rule: bool, n_rows: int, answers: list[str]) -> tuple[bool, str]
     if not answers or len(answers) < RECITE_SINGLE * n_rows:
         return False, f"off: {len(answers)} of {n_rows} rows are one question and one answer"
     distinct = len(set(answers))
-    if distinct < max(RECITE_MIN_DISTINCT, RECITE_DISTINCT * len(answers)):
+    repeated = distinct < len(answers)
+    if distinct < RECITE_DISTINCT * len(answers) or (repeated and distinct < RECITE_MIN_DISTINCT):
         return (
             False,
             f"off: {distinct} distinct answers in {len(answers)} rows (a few answers repeated: labels)",
