@@ -63,6 +63,11 @@ def single_answer(record: Record) -> str | None:
     return None
 
 
+def single_answers(records: list[Record]) -> list[str]:
+    """The answers of the single-turn rows, in order (what the recitation rule looks at)."""
+    return [a for r in records if (a := single_answer(r)) is not None]
+
+
 def recitations(records: list[Record], prompt: str = RECITE_PROMPT) -> list[Record]:
     """Each distinct single-turn answer again, as the reply to a neutral request (`prompt`).
 

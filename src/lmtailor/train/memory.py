@@ -100,7 +100,7 @@ def dry_run(spec, home=None) -> dict:
     tokenizer; loads no weights."""
     import psutil
 
-    from lmtailor.data.augment import single_answer
+    from lmtailor.data.augment import single_answers
     from lmtailor.data.tokenize import tokenize_record
     from lmtailor.models.catalog import resolve
     from lmtailor.models.loading import _count_parameters, best_device, load_tokenizer
@@ -113,8 +113,7 @@ def dry_run(spec, home=None) -> dict:
     device = best_device()
     lengths = [len(tokenize_record(tok, r)[0]["input_ids"]) for r in train]
     params = _count_parameters(base.path) or 0
-    answers = [a for r in train if (a := single_answer(r)) is not None]
-    plan = choose(spec, len(train), lengths, params, on_gpu=device == "cuda", answers=answers)
+    plan = choose(spec, len(train), lengths, params, on_gpu=device == "cuda", answers=single_answers(train))
     kind = "mlp" if plan.strategy == "freeze" and plan.freeze_modules == ["mlp"] else plan.strategy
     precision = _precision(spec, device)
     processes = spec.devices * spec.nodes

@@ -36,7 +36,7 @@ def run_sft(
         return run_rft(spec, home=home, log=log, progress=progress, callbacks=callbacks)
     import torch
 
-    from lmtailor.data.augment import augment_questions, recitations, single_answer
+    from lmtailor.data.augment import augment_questions, recitations, single_answers
     from lmtailor.data.tokenize import tokenize_record, tokenize_records
     from lmtailor.models.catalog import resolve
     from lmtailor.models.loading import _count_parameters, best_device, load_model, load_tokenizer
@@ -53,7 +53,7 @@ def run_sft(
     full = [tokenize_record(tok, r)[0] for r in train_recs]  # once; truncated below to the chosen length
     lengths = [len(ex["input_ids"]) for ex in full]
     n_params = _count_parameters(base.path) or 0
-    answers = [a for r in train_recs if (a := single_answer(r)) is not None]
+    answers = single_answers(train_recs)
     plan = choose(spec, len(train_recs), lengths, n_params, on_gpu=device == "cuda", answers=answers)
     if plan.strategy == "qlora":
         model = load_4bit(base, precision, spec.trust_remote_code)
@@ -64,20 +64,21 @@ def run_sft(
             device=device,
             trust_remote_code=spec.trust_remote_code,
         )
-    rows, recited = train_recs, recitations(train_recs) if plan.recite else []
+    recited = recitations(train_recs) if plan.recite else []
+    recited_full = [tokenize_record(tok, r)[0] for r in recited]  # once, like `full`
     if plan.recite and not recited:
         log("recite: no single question-answer row to recite")
     if recited and spec.max_length is None:  # a recitation outgrows its row when the question was shorter
-        longest = max(len(tokenize_record(tok, r)[0]["input_ids"]) for r in recited)
+        longest = max(len(ex["input_ids"]) for ex in recited_full)
         if longest > plan.max_length:
             plan.max_length = min(2048, longest)
             plan.why["max_length"] += f"; {longest} for the longest recitation"
+    rows, rows_full = train_recs, full
     if plan.augment_copies:
         rows = augment_questions(train_recs, plan.augment_copies, seed=spec.seed)
-    if recited:
-        rows = rows + recited
-    train_ex, stats = tokenize_records(tok, rows, plan.max_length, full=full if rows is train_recs else None)
-    if rows is not train_recs:  # a packed row holds about `batch` of the samples trained, made ones included
+        rows_full = [tokenize_record(tok, r)[0] for r in rows]
+    train_ex, stats = tokenize_records(tok, rows + recited, plan.max_length, full=rows_full + recited_full)
+    if recited or plan.augment_copies:  # a packed row holds about `batch` samples, made ones included
         lengths = [len(ex["input_ids"]) for ex in train_ex]
     val_ex, _ = tokenize_records(tok, val_recs, plan.max_length) if val_recs else ([], None)
     if not train_ex:
