@@ -129,7 +129,8 @@ def train(
     ] = None,
     save_steps: Annotated[int | None, typer.Option(help="checkpoint every N steps")] = None,
     resume: Annotated[
-        bool | None, typer.Option("--resume", help="continue from the last checkpoint in --output")
+        bool | None,
+        typer.Option("--resume", help="continue from the last checkpoint in --output (same data, batching)"),
     ] = None,
     precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp16 | fp32")] = None,
     trust_remote_code: Annotated[

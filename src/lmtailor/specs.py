@@ -115,9 +115,14 @@ class TrainSpec(_Spec):
     )
     save_total_limit: int = Field(2, ge=1, description="checkpoints kept on disk while training")
     keep_checkpoints: bool = Field(
-        False, description="keep checkpoints after a finished run (they hold optimizer state)"
+        False,
+        description="keep checkpoints after a finished run (they hold optimizer state; a new run into the same "
+        "output removes them)",
     )
-    resume: bool = Field(False, description="continue from the last checkpoint in the output folder")
+    resume: bool = Field(
+        False,
+        description="continue from the last checkpoint in the output folder (same rows, batching, seed)",
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where the hardware has it"
     )

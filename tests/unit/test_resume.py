@@ -67,7 +67,7 @@ def test_resumed_run_equals_uninterrupted_run(tiny_llama_dir, tiny_chat_file, tm
         patch.setattr(ProgressCallback, "on_save", crash, raising=False)
         run_sft(spec_b, home=home, progress=False, log=quiet)
     b = tmp_path / "b"
-    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["checkpoint-2"]
+    assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["checkpoint-2", "rows.json"]
     assert not (b / "lmtailor.json").exists() and not (b / "model.safetensors").exists()
     # a process killed while saving the next checkpoint leaves its folder without trainer_state.json
     half = b / "checkpoints" / "checkpoint-4"
@@ -93,6 +93,92 @@ def test_resumed_run_equals_uninterrupted_run(tiny_llama_dir, tiny_chat_file, tm
         torch.testing.assert_close(weights_b[key], weights_a[key], atol=1e-5, rtol=0, msg=key)
     base = load_file(tiny_llama_dir / "model.safetensors")
     assert not torch.equal(base["model.norm.weight"], weights_a["model.norm.weight"])  # training did move it
+
+
+def test_a_resume_over_other_rows_is_refused_and_keeps_the_checkpoint(
+    tiny_llama_dir, tiny_chat_file, write_chat, tmp_path, monkeypatch
+) -> None:
+    """The Trainer resumes by skipping the steps already done: over other rows or batches that would train the
+    wrong ones, so lmtailor records what the run trains and refuses a resume that differs, in words."""
+    from lmtailor.errors import LmtailorError
+    from lmtailor.train.sft import ROWS_FILE
+
+    home, quiet = tmp_path / "home", (lambda *_: None)
+    spec = spec_for(tiny_llama_dir, tiny_chat_file, tmp_path / "r")
+
+    def crash(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise Interrupted
+
+    with monkeypatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(ProgressCallback, "on_save", crash, raising=False)
+        run_sft(spec, home=home, progress=False, log=quiet)
+    out = tmp_path / "r"
+    record = json.loads((out / "checkpoints" / ROWS_FILE).read_text(encoding="utf-8"))
+    assert (record["rows"], record["batch_size"], record["seed"]) == (12, 4, 7)
+
+    rows = [json.loads(line) for line in tiny_chat_file.read_text(encoding="utf-8").splitlines()]
+    more = write_chat(tmp_path / "more.jsonl", [(r["messages"][-2]["content"], r["messages"][-1]["content"])
+                                                for r in rows] + EXTRA_ROWS, {})  # fmt: skip
+    with pytest.raises(LmtailorError, match="12 rows then, 16 now") as refused:
+        run_sft(
+            spec.model_copy(update={"resume": True, "data": str(more)}), home=home, progress=False, log=quiet
+        )
+    assert "cannot resume from checkpoint-2" in str(refused.value) and "another output folder" in str(
+        refused.value
+    )
+    longest = record["max_length"]  # packed differently with a longer limit, though no row changes
+    with pytest.raises(LmtailorError, match=f"max_length {longest} then, {longest + 100} now"):
+        run_sft(
+            spec.model_copy(update={"resume": True, "max_length": longest + 100}),
+            home=home,
+            progress=False,
+            log=quiet,
+        )
+    with pytest.raises(LmtailorError, match="batch_size 4 then, 2 now"):
+        run_sft(
+            spec.model_copy(update={"resume": True, "batch_size": 2}), home=home, progress=False, log=quiet
+        )
+    edited = tmp_path / "edited.jsonl"  # as many rows, one answer changed
+    edited.write_text(tiny_chat_file.read_text(encoding="utf-8").replace("Paris", "Lyon"), encoding="utf-8")
+    assert edited.read_text(encoding="utf-8") != tiny_chat_file.read_text(encoding="utf-8")
+    with pytest.raises(LmtailorError, match="the rows' content"):
+        run_sft(
+            spec.model_copy(update={"resume": True, "data": str(edited)}),
+            home=home,
+            progress=False,
+            log=quiet,
+        )
+    assert (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()  # nothing lost
+
+    # checkpoints written before lmtailor recorded its rows resume unchecked, and say so (the same rows resume
+    # checked in test_resumed_run_equals_uninterrupted_run)
+    (out / "checkpoints" / ROWS_FILE).unlink()
+    logs: list[str] = []
+    run_sft(spec.model_copy(update={"resume": True}), home=home, progress=False, log=logs.append)
+    assert json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))["metrics"]["steps"] == 8
+    assert (
+        "resuming from checkpoint-2; the run that wrote it did not record its rows, so they are not checked"
+        in logs
+    )
+
+
+def test_a_fresh_run_clears_an_earlier_runs_checkpoints(tiny_llama_dir, tiny_chat_file, tmp_path) -> None:
+    """A new run into a folder whose checkpoints an earlier run left must not resume from them later."""
+    out = tmp_path / "f"
+    old = out / "checkpoints" / "checkpoint-99"
+    old.mkdir(parents=True)
+    (old / "trainer_state.json").write_text("{}", encoding="utf-8")
+    logs: list[str] = []
+    spec = spec_for(tiny_llama_dir, tiny_chat_file, out, epochs=1, keep_checkpoints=True)
+    run_sft(spec, home=tmp_path / "home", progress=False, log=logs.append)
+    assert not old.exists()
+    assert f"removed 1 checkpoint(s) of an earlier run in {out / 'checkpoints'}" in logs
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-4",
+        "rows.json",
+    ]
 
 
 def test_resume_without_checkpoint_starts_from_the_beginning(

@@ -111,6 +111,7 @@ def run_sft(
     resume = last_checkpoint(out) if spec.resume else None
     if spec.resume and resume is None:
         log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
+    check_rows(out, resume, rows_record(rows + recited, trainer, spec, plan), log)
     if is_rank0():  # one process rewrites the file the others never write
         _reset_metrics(out / "metrics.jsonl", resume)
     t0 = time.time()
@@ -417,6 +418,72 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+ROWS_FILE = "rows.json"  # in checkpoints/: what the run trains on, to check a resume against
+
+
+def rows_record(records: list[Record], trainer, spec: TrainSpec, plan) -> dict:
+    """What decides which rows each step trains: the rows (the data after the validation split, recitations and
+    copies included), how they are packed, the batching and the seed that shuffles them. A resume skips the steps
+    already done by position, so it is only right when all of these are what they were in the run that wrote the
+    checkpoint. The rows are fingerprinted as text, not tokens: some chat templates (Llama 3's) put today's
+    date into every row."""
+    digest = hashlib.sha256()
+    for r in records:
+        digest.update(
+            json.dumps([[m.role, m.content, m.weight] for m in r.messages], ensure_ascii=False).encode()
+        )
+    return {
+        "rows": len(records),
+        "rows_sha256": digest.hexdigest(),
+        "max_length": plan.max_length,
+        "packed_rows": len(trainer.train_dataset) if spec.packing else None,
+        "batch_size": plan.batch_size,
+        "grad_accum": spec.grad_accum,
+        "seed": spec.seed,
+        "processes": world_size(),
+    }
+
+
+def check_rows(out: Path, resume: Path | None, record: dict, log: Callable) -> None:
+    """A fresh run writes `record` next to its checkpoints (and removes an earlier run's); a resumed one must
+    match the record written."""
+    path = out / "checkpoints" / ROWS_FILE
+    if resume is None:
+        if is_rank0():
+            stale = sorted(path.parent.glob("checkpoint-*")) if path.parent.is_dir() else []
+            for folder in stale:  # an earlier run's: a later resume must not pick one of them up
+                shutil.rmtree(folder, ignore_errors=True)
+            if stale:
+                log(f"removed {len(stale)} checkpoint(s) of an earlier run in {path.parent}")
+            atomic_write_json(path, record)
+        return
+    if not path.is_file():  # checkpoints made before lmtailor recorded their rows
+        log(
+            f"resuming from {resume.name}; the run that wrote it did not record its rows, so they are not checked"
+        )
+        return
+    then = json.loads(path.read_text(encoding="utf-8"))
+    changed = [k for k in record if k in then and k != "rows_sha256" and then[k] != record[k]]
+    if then.get("rows_sha256") != record["rows_sha256"] and "rows" not in changed:
+        changed.append("rows_sha256")
+    if not changed:
+        return
+    what = "; ".join(
+        "the rows' content"
+        if k == "rows_sha256"
+        else f"{then[k]} rows then, {record[k]} now"
+        if k == "rows"
+        else f"{k} {then[k]} then, {record[k]} now"
+        for k in changed
+    )
+    raise LmtailorError(
+        f"cannot resume from {resume.name}: the run that wrote it trained other rows or batches ({what}; the "
+        "data, the validation share, recitations and copies, the max length, the batching or the seed decide "
+        "them), and a resume would skip the wrong steps. Resume with the same data and settings, or start a "
+        "new run (another output folder, or remove the checkpoints of this one)"
+    )
 
 
 def last_checkpoint(out: Path) -> Path | None:
