@@ -83,3 +83,26 @@ def test_dpo_through_lmtailor_train(tiny_llama_dir, tmp_path):
         for a, b in zip(merged.state_dict().values(), base.state_dict().values(), strict=False)
     )
     assert moved > 0
+
+
+def test_dpo_resume_over_other_rows_is_refused(tiny_llama_dir, tmp_path):
+    """DPO (and reinforcement) runs record their rows like SFT runs: a resume over other rows stops in words."""
+    from lmtailor.errors import LmtailorError
+    from lmtailor.specs import TrainSpec
+    from lmtailor.train.sft import ROWS_FILE, run_sft
+
+    data = preference_file(tmp_path / "prefs.jsonl")
+    out = tmp_path / "dpo"
+    spec = TrainSpec(method="dpo", model=str(tiny_llama_dir), data=str(data), output=str(out), strategy="lora",
+                     lora_r=4, epochs=1, batch_size=4, save_steps=1, keep_checkpoints=True, val_ratio=0.0,
+                     precision="fp32")  # fmt: skip
+    run_sft(spec, home=tmp_path / "home", progress=False, log=lambda *_: None)
+    record = json.loads((out / "checkpoints" / ROWS_FILE).read_text(encoding="utf-8"))
+    assert (record["rows"], record["batch_size"]) == (12, 4)
+    fewer = tmp_path / "fewer.jsonl"
+    fewer.write_text(
+        "".join(data.read_text(encoding="utf-8").splitlines(keepends=True)[:8]), encoding="utf-8"
+    )
+    with pytest.raises(LmtailorError, match="12 rows then, 8 now"):
+        run_sft(spec.model_copy(update={"resume": True, "data": str(fewer)}), home=tmp_path / "home",
+                progress=False, log=lambda *_: None)  # fmt: skip

@@ -30,6 +30,7 @@ def run_dpo(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
 
     from lmtailor.data.preference import load_preferences
     from lmtailor.data.split import split_records
+    from lmtailor.train.sft import rows_record
 
     torch.manual_seed(spec.seed)
     train, _ = load_preferences(spec.data, spec.on_error)
@@ -63,11 +64,13 @@ def run_dpo(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
         save_total_limit=spec.save_total_limit, bf16=precision == "bf16", fp16=precision == "fp16",
         use_cpu=device == "cpu", seed=spec.seed, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=rows(train),
+    train_ds = rows(train)
+    record = rows_record(train_ds.to_list(), spec, batch, max_length=args.max_length)
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds,
                          eval_dataset=rows(val) if val else None, processing_class=tok)  # fmt: skip
     chosen = {"learning_rate": lr, "epochs": epochs, "batch_size": batch, "precision": precision}
     return train_and_save(trainer, spec, base, tok, out, "dpo", strategy, chosen, (len(train), len(val)),
-                          (trainable, total), progress, callbacks, log)  # fmt: skip
+                          (trainable, total), progress, callbacks, log, record)  # fmt: skip
 
 
 def setup(spec: TrainSpec, home, rates: dict[str, float]):
@@ -93,14 +96,16 @@ def setup(spec: TrainSpec, home, rates: dict[str, float]):
 
 def train_and_save(trainer, spec: TrainSpec, base, tok, out: Path, method: str, strategy: str, chosen: dict,
                    rows: tuple[int, int], params: tuple[int, int], progress: bool, callbacks: list | None,
-                   log: Callable[[str], None]) -> Path:  # fmt: skip
+                   log: Callable[[str], None], record: dict) -> Path:  # fmt: skip
     """What DPO and reinforcement runs share with SFT's end: metrics.jsonl and the progress bar, resume from
-    the newest complete checkpoint, a last validation, the folder saved as SFT saves it, the card."""
+    the newest complete checkpoint (if it trained the rows of `record`: sft.check_rows), a last validation, the
+    folder saved as SFT saves it, the card."""
     from lmtailor.train.callbacks import MetricsCallback, ProgressCallback
-    from lmtailor.train.sft import _save, last_checkpoint
+    from lmtailor.train.sft import _save, check_rows, last_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     resume = last_checkpoint(out) if spec.resume else None
+    check_rows(out, resume, record, log)
     if resume is None:
         (out / "metrics.jsonl").unlink(missing_ok=True)
     for callback in [MetricsCallback(out / "metrics.jsonl"), ProgressCallback(progress), *(callbacks or [])]:

@@ -77,6 +77,7 @@ def run_rft(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
     from lmtailor.graders.core import check
     from lmtailor.graders.routes import make_ask
     from lmtailor.train.dpo import setup, train_and_save
+    from lmtailor.train.sft import rows_record
 
     if not spec.grader:
         raise SpecError("method reinforcement needs a grader (an OpenAI grader object)")
@@ -119,9 +120,11 @@ def run_rft(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
         report_to=[], disable_tqdm=True, dataloader_num_workers=0, lr_scheduler_type=spec.scheduler,
         warmup_steps=int(spec.warmup_ratio * steps_per_epoch * epochs),
     )  # fmt: skip
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=rows(train),
+    train_ds = rows(train)
+    record = rows_record(train_ds.to_list(), spec, batch, num_generations=gens)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=train_ds,
                           eval_dataset=rows(val) if val else None, processing_class=tok)  # fmt: skip
     chosen = {"learning_rate": lr, "epochs": epochs, "batch_size": batch, "num_generations": gens,
               "precision": precision}  # fmt: skip
     return train_and_save(trainer, spec, base, tok, out, "reinforcement", strategy, chosen, (len(train), len(val)),
-                          (trainable, total), progress, callbacks, log)  # fmt: skip
+                          (trainable, total), progress, callbacks, log, record)  # fmt: skip

@@ -111,7 +111,14 @@ def run_sft(
     resume = last_checkpoint(out) if spec.resume else None
     if spec.resume and resume is None:
         log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
-    check_rows(out, resume, rows_record(rows + recited, trainer, spec, plan), log)
+    texts = [[[m.role, m.content, m.weight] for m in r.messages] for r in rows + recited]
+    packed = len(trainer.train_dataset) if spec.packing else None
+    check_rows(
+        out,
+        resume,
+        rows_record(texts, spec, plan.batch_size, max_length=plan.max_length, packed_rows=packed),
+        log,
+    )
     if is_rank0():  # one process rewrites the file the others never write
         _reset_metrics(out / "metrics.jsonl", resume)
     t0 = time.time()
@@ -423,23 +430,20 @@ def _cuda() -> bool:
 ROWS_FILE = "rows.json"  # in checkpoints/: what the run trains on, to check a resume against
 
 
-def rows_record(records: list[Record], trainer, spec: TrainSpec, plan) -> dict:
-    """What decides which rows each step trains: the rows (the data after the validation split, recitations and
-    copies included), how they are packed, the batching and the seed that shuffles them. A resume skips the steps
-    already done by position, so it is only right when all of these are what they were in the run that wrote the
-    checkpoint. The rows are fingerprinted as text, not tokens: some chat templates (Llama 3's) put today's
-    date into every row."""
+def rows_record(items: list, spec: TrainSpec, batch_size: int, **more) -> dict:
+    """What decides which rows each step trains: the rows (`items`, any JSON: the data after the validation
+    split, recitations and copies included), `more` (how they are packed, say), the batching and the seed that
+    shuffles them. A resume skips the steps already done by position, so it is only right when all of these are
+    what they were in the run that wrote the checkpoint. Rows are fingerprinted as text, not tokens: some chat
+    templates (Llama 3's) put today's date into every row."""
     digest = hashlib.sha256()
-    for r in records:
-        digest.update(
-            json.dumps([[m.role, m.content, m.weight] for m in r.messages], ensure_ascii=False).encode()
-        )
+    for item in items:
+        digest.update(json.dumps(item, ensure_ascii=False, sort_keys=True, default=str).encode())
     return {
-        "rows": len(records),
+        "rows": len(items),
         "rows_sha256": digest.hexdigest(),
-        "max_length": plan.max_length,
-        "packed_rows": len(trainer.train_dataset) if spec.packing else None,
-        "batch_size": plan.batch_size,
+        **more,
+        "batch_size": batch_size,
         "grad_accum": spec.grad_accum,
         "seed": spec.seed,
         "processes": world_size(),
