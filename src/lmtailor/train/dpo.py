@@ -48,8 +48,8 @@ def run_dpo(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
         f"trainable; {len(train)} preference rows, {len(val)} for validation; beta {spec.beta}, lr {lr:g}")  # fmt: skip
 
     def rows(prefs):
-        return Dataset.from_list([{"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
-                                   "rejected": [{"role": "assistant", "content": p.rejected}]} for p in prefs])  # fmt: skip
+        return [{"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
+                 "rejected": [{"role": "assistant", "content": p.rejected}]} for p in prefs]  # fmt: skip
 
     steps_per_epoch = max(1, -(-len(train) // (batch * spec.grad_accum)))
     eval_every = spec.eval_steps or steps_per_epoch
@@ -64,10 +64,10 @@ def run_dpo(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
         save_total_limit=spec.save_total_limit, bf16=precision == "bf16", fp16=precision == "fp16",
         use_cpu=device == "cpu", seed=spec.seed, report_to=[], disable_tqdm=True, dataloader_num_workers=0,
     )  # fmt: skip
-    train_ds = rows(train)
-    record = rows_record(train_ds.to_list(), spec, batch, max_length=args.max_length)
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds,
-                         eval_dataset=rows(val) if val else None, processing_class=tok)  # fmt: skip
+    train_rows = rows(train)
+    record = rows_record(train_rows, spec, batch, max_length=args.max_length)
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(rows(val)) if val else None, processing_class=tok)  # fmt: skip
     chosen = {"learning_rate": lr, "epochs": epochs, "batch_size": batch, "precision": precision}
     return train_and_save(trainer, spec, base, tok, out, "dpo", strategy, chosen, (len(train), len(val)),
                           (trainable, total), progress, callbacks, log, record)  # fmt: skip

@@ -102,8 +102,8 @@ def run_rft(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
         f"{gens} answers a prompt, lr {lr:g}")  # fmt: skip
 
     def rows(items):
-        return Dataset.from_list([{"prompt": r["messages"], "item": json.dumps(
-            {k: v for k, v in r.items() if k != "messages"}, ensure_ascii=False)} for r in items])  # fmt: skip
+        return [{"prompt": r["messages"], "item": json.dumps({k: v for k, v in r.items() if k != "messages"},
+                                                              ensure_ascii=False)} for r in items]  # fmt: skip
 
     ask = make_ask(os.environ.get("LMTAILOR_GRADER_BASE_URL", "http://127.0.0.1:8000/v1"),
                    os.environ.get("LMTAILOR_API_KEY"))  # fmt: skip
@@ -120,10 +120,10 @@ def run_rft(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
         report_to=[], disable_tqdm=True, dataloader_num_workers=0, lr_scheduler_type=spec.scheduler,
         warmup_steps=int(spec.warmup_ratio * steps_per_epoch * epochs),
     )  # fmt: skip
-    train_ds = rows(train)
-    record = rows_record(train_ds.to_list(), spec, batch, num_generations=gens)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=train_ds,
-                          eval_dataset=rows(val) if val else None, processing_class=tok)  # fmt: skip
+    train_rows = rows(train)
+    record = rows_record(train_rows, spec, batch, num_generations=gens)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(train_rows),
+                          eval_dataset=Dataset.from_list(rows(val)) if val else None, processing_class=tok)  # fmt: skip
     chosen = {"learning_rate": lr, "epochs": epochs, "batch_size": batch, "num_generations": gens,
               "precision": precision}  # fmt: skip
     return train_and_save(trainer, spec, base, tok, out, "reinforcement", strategy, chosen, (len(train), len(val)),
