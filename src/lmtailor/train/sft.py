@@ -282,13 +282,15 @@ def _weights_dtype(strategy: str, precision: str):
 
 def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precision, progress, lengths):
     """transformers' Trainer over our tokenised rows (TRL's SFT loss path builds fp32 vocab-wide metrics on
-    every token, which costs a third of a CPU step; the loss here is the model's own)."""
+    every token, which costs a third of a CPU step; the loss here is the model's own, on the trained positions
+    only: train/trainer.py)."""
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
     from lmtailor.train.callbacks import MetricsCallback, ProgressCallback
     from lmtailor.train.collate import PackedCollator, PaddedCollator
+    from lmtailor.train.trainer import AnswerLogitsTrainer
 
     train_ds = Dataset.from_list(train_ex)
     val_ds = Dataset.from_list(val_ex) if val_ex else None
@@ -361,7 +363,7 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(
+    trainer = AnswerLogitsTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
@@ -456,7 +458,7 @@ def check_rows(out: Path, resume: Path | None, record: dict, log: Callable) -> N
     path = out / "checkpoints" / ROWS_FILE
     if resume is None:
         if is_rank0():
-            stale = sorted(path.parent.glob("checkpoint-*")) if path.parent.is_dir() else []
+            stale = [p for _, p in checkpoints(out)]
             for folder in stale:  # an earlier run's: a later resume must not pick one of them up
                 shutil.rmtree(folder, ignore_errors=True)
             if stale:
@@ -490,18 +492,22 @@ def check_rows(out: Path, resume: Path | None, record: dict, log: Callable) -> N
     )
 
 
-def last_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint. A process killed while saving leaves a checkpoint folder without its
-    trainer_state.json (the Trainer writes it last): resuming from that one would fail, so it is passed over."""
+def checkpoints(out: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every `checkpoint-<step>` folder of the run in `out`, oldest first."""
     folder = out / "checkpoints"
     if not folder.is_dir():
-        return None
-    steps = sorted(
+        return []
+    return sorted(
         (int(p.name.rsplit("-", 1)[1]), p)
         for p in folder.iterdir()
         if p.is_dir() and p.name.startswith("checkpoint-") and p.name.rsplit("-", 1)[1].isdigit()
     )
-    for _, path in reversed(steps):
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint. A process killed while saving leaves a checkpoint folder without its
+    trainer_state.json (the Trainer writes it last): resuming from that one would fail, so it is passed over."""
+    for _, path in reversed(checkpoints(out)):
         if (path / "trainer_state.json").is_file():
             return path
     return None
