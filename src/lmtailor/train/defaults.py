@@ -6,8 +6,7 @@ Measured on the quickstart facts and documented in docs/defaults.md. What the me
   so a new wording reaches the same stored fact. Training attention too (full or LoRA on all layers)
   lets the model key facts on the training wording, and confuse them on new wordings.
 - About 110 optimizer steps of 8 samples: fewer leave facts unlearned, more add little.
-- NEFTune noise on the embeddings (alpha 5, scaled by the packed row's length) helps: without it 60%
-  against 74%; more noise (alpha 7, 10, or scaled per sample) does worse. Noisy copies of the questions did not help.
+- NEFTune noise on the embeddings (alpha 5) helps a little; noisy copies of the questions did not.
 - Each answer again as the reply to "Tell me a fact." (recitations) answers more new phrasings at every
   seed tried (mean 74.7% against 65.3% over three seeds), for twice the steps; only for data that looks
   like facts asked as questions.
