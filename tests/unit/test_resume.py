@@ -48,6 +48,18 @@ def loss_rows(out: Path) -> list[tuple[int, float]]:
     return [(r["step"], r["loss"]) for r in rows if "loss" in r]
 
 
+def crash_after_checkpoint_2(spec: TrainSpec, home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `spec` and crash right after it writes checkpoint-2: no final weights, no card."""
+
+    def crash(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise Interrupted
+
+    with monkeypatch.context() as patch, pytest.raises(Interrupted):
+        patch.setattr(ProgressCallback, "on_save", crash, raising=False)
+        run_sft(spec, home=home, progress=False, log=lambda *_: None)
+
+
 def test_resumed_run_equals_uninterrupted_run(tiny_llama_dir, tiny_chat_file, tmp_path, monkeypatch) -> None:
     home = tmp_path / "home"
     quiet = lambda *_: None  # noqa: E731
@@ -58,14 +70,8 @@ def test_resumed_run_equals_uninterrupted_run(tiny_llama_dir, tiny_chat_file, tm
     assert card_a["metrics"]["steps"] == 8  # 4 packed rows x 2 epochs
 
     # Run B crashes right after writing checkpoint-2: no final weights, no card.
-    def crash(self, args, state, control, **kwargs):
-        if state.global_step == 2:
-            raise Interrupted
-
     spec_b = spec_for(tiny_llama_dir, tiny_chat_file, tmp_path / "b")
-    with monkeypatch.context() as patch, pytest.raises(Interrupted):
-        patch.setattr(ProgressCallback, "on_save", crash, raising=False)
-        run_sft(spec_b, home=home, progress=False, log=quiet)
+    crash_after_checkpoint_2(spec_b, home, monkeypatch)
     b = tmp_path / "b"
     assert sorted(p.name for p in (b / "checkpoints").iterdir()) == ["checkpoint-2", "rows.json"]
     assert not (b / "lmtailor.json").exists() and not (b / "model.safetensors").exists()
@@ -105,14 +111,7 @@ def test_a_resume_over_other_rows_is_refused_and_keeps_the_checkpoint(
 
     home, quiet = tmp_path / "home", (lambda *_: None)
     spec = spec_for(tiny_llama_dir, tiny_chat_file, tmp_path / "r")
-
-    def crash(self, args, state, control, **kwargs):
-        if state.global_step == 2:
-            raise Interrupted
-
-    with monkeypatch.context() as patch, pytest.raises(Interrupted):
-        patch.setattr(ProgressCallback, "on_save", crash, raising=False)
-        run_sft(spec, home=home, progress=False, log=quiet)
+    crash_after_checkpoint_2(spec, home, monkeypatch)
     out = tmp_path / "r"
     record = json.loads((out / "checkpoints" / ROWS_FILE).read_text(encoding="utf-8"))
     assert (record["rows"], record["batch_size"], record["seed"]) == (12, 4, 7)
