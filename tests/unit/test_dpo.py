@@ -86,7 +86,8 @@ def test_dpo_through_lmtailor_train(tiny_llama_dir, tmp_path):
 
 
 def test_dpo_resume_over_other_rows_is_refused(tiny_llama_dir, tmp_path):
-    """DPO (and reinforcement) runs record their rows like SFT runs: a resume over other rows stops in words."""
+    """DPO (and reinforcement) runs record their rows like SFT runs: a resume over other rows stops in words;
+    a resume with no checkpoint yet says it starts from the beginning."""
     from lmtailor.errors import LmtailorError
     from lmtailor.specs import TrainSpec
     from lmtailor.train.sft import ROWS_FILE, run_sft
@@ -95,8 +96,10 @@ def test_dpo_resume_over_other_rows_is_refused(tiny_llama_dir, tmp_path):
     out = tmp_path / "dpo"
     spec = TrainSpec(method="dpo", model=str(tiny_llama_dir), data=str(data), output=str(out), strategy="lora",
                      lora_r=4, epochs=1, batch_size=4, save_steps=1, keep_checkpoints=True, val_ratio=0.0,
-                     precision="fp32")  # fmt: skip
-    run_sft(spec, home=tmp_path / "home", progress=False, log=lambda *_: None)
+                     precision="fp32", resume=True)  # fmt: skip
+    logs: list[str] = []
+    run_sft(spec, home=tmp_path / "home", progress=False, log=logs.append)
+    assert f"no checkpoint in {out / 'checkpoints'}: starting from the beginning" in logs
     record = json.loads((out / "checkpoints" / ROWS_FILE).read_text(encoding="utf-8"))
     assert (record["rows"], record["batch_size"]) == (12, 4)
     fewer = tmp_path / "fewer.jsonl"
@@ -104,5 +107,5 @@ def test_dpo_resume_over_other_rows_is_refused(tiny_llama_dir, tmp_path):
         "".join(data.read_text(encoding="utf-8").splitlines(keepends=True)[:8]), encoding="utf-8"
     )
     with pytest.raises(LmtailorError, match="12 rows then, 8 now"):
-        run_sft(spec.model_copy(update={"resume": True, "data": str(fewer)}), home=tmp_path / "home",
+        run_sft(spec.model_copy(update={"data": str(fewer)}), home=tmp_path / "home",
                 progress=False, log=lambda *_: None)  # fmt: skip

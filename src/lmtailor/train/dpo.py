@@ -98,14 +98,13 @@ def train_and_save(trainer, spec: TrainSpec, base, tok, out: Path, method: str, 
                    rows: tuple[int, int], params: tuple[int, int], progress: bool, callbacks: list | None,
                    log: Callable[[str], None], record: dict) -> Path:  # fmt: skip
     """What DPO and reinforcement runs share with SFT's end: metrics.jsonl and the progress bar, resume from
-    the newest complete checkpoint (if it trained the rows of `record`: sft.check_rows), a last validation, the
+    the newest complete checkpoint (sft.resume_point: if it trained the rows of `record`), a last validation, the
     folder saved as SFT saves it, the card."""
     from lmtailor.train.callbacks import MetricsCallback, ProgressCallback
-    from lmtailor.train.sft import _save, check_rows, last_checkpoint
+    from lmtailor.train.sft import _save, resume_point
 
     out.mkdir(parents=True, exist_ok=True)
-    resume = last_checkpoint(out) if spec.resume else None
-    check_rows(out, resume, record, log)
+    resume = resume_point(out, spec.resume, record, log)
     if resume is None:
         (out / "metrics.jsonl").unlink(missing_ok=True)
     for callback in [MetricsCallback(out / "metrics.jsonl"), ProgressCallback(progress), *(callbacks or [])]:

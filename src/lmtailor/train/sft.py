@@ -108,17 +108,10 @@ def run_sft(
         )
     for callback in callbacks or []:
         trainer.add_callback(callback)
-    resume = last_checkpoint(out) if spec.resume else None
-    if spec.resume and resume is None:
-        log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
     texts = [[[m.role, m.content, m.weight] for m in r.messages] for r in rows + recited]
     packed = len(trainer.train_dataset) if spec.packing else None
-    check_rows(
-        out,
-        resume,
-        rows_record(texts, spec, plan.batch_size, max_length=plan.max_length, packed_rows=packed),
-        log,
-    )
+    record = rows_record(texts, spec, plan.batch_size, max_length=plan.max_length, packed_rows=packed)
+    resume = resume_point(out, spec.resume, record, log)
     if is_rank0():  # one process rewrites the file the others never write
         _reset_metrics(out / "metrics.jsonl", resume)
     t0 = time.time()
@@ -450,6 +443,16 @@ def rows_record(items: list, spec: TrainSpec, batch_size: int, **more) -> dict:
         "seed": spec.seed,
         "processes": world_size(),
     }
+
+
+def resume_point(out: Path, resume: bool, record: dict, log: Callable) -> Path | None:
+    """The checkpoint a run goes on from: with `resume`, the newest complete one (none found is said in the log,
+    and the run starts from the beginning), checked against the rows `record` says it trains (check_rows)."""
+    point = last_checkpoint(out) if resume else None
+    if resume and point is None:
+        log(f"no checkpoint in {out / 'checkpoints'}: starting from the beginning")
+    check_rows(out, point, record, log)
+    return point
 
 
 def check_rows(out: Path, resume: Path | None, record: dict, log: Callable) -> None:
