@@ -3,7 +3,8 @@
 Both askings are `lmtailor eval` runs (evaluate/runner.run_eval): the second reuses the base model's cached
 answers and adds intervals and a McNemar test of tuned against base, with report.md / report.html.
 Timings on a 2-core CPU (bf16): convert the embedded model ~40 s (once), base answers ~20 s,
-training 8-10 min (234 steps: the 150 rows and their recitations, docs/defaults.md), tuned answers ~20 s.
+training 8-10 min (234 steps: 3 epochs over the 300 rows and their recitations, docs/defaults.md), tuned
+answers ~20 s.
 """
 
 from __future__ import annotations
