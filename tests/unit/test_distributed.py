@@ -31,10 +31,22 @@ def _train(model: Path, data: Path, out: Path, *extra: str, spec=(), wait: bool 
     cmd = [sys.executable, "-m", "lmtailor.cli", "train", *spec, "--model", str(model), "--data", str(data),
            "--output", str(out), *(() if "--strategy" in extra else ("--strategy", "full")), "--batch-size", "4", "--epochs", "2", "--no-packing",
            "--lr", "1e-3", "--precision", "fp32", "--seed", "0", "--master-port", str(_port()), *extra]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "LMTAILOR_HOME": str(out.parent / "home")}
+    tmp = out.parent / "tmp"  # the launcher's temporary folders land here, where a test can look for them
+    tmp.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "2",
+        "LMTAILOR_HOME": str(out.parent / "home"),
+        "TMPDIR": str(tmp),
+    }
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _launcher_leftovers(tmp: Path) -> list[str]:
+    """What torch's launcher would leave behind in the temporary folder (torchelastic_* log folders)."""
+    return sorted(p.name for p in tmp.iterdir() if p.name.startswith(("torchelastic_", "lmtailor-launch-")))
 
 
 def _losses(out: Path) -> list[float]:
@@ -94,6 +106,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(engine, tiny_llam
     steps = [json.loads(line)["step"] for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
              if "loss" in json.loads(line)]  # fmt: skip
     assert len(steps) == len(set(steps))
+    assert _launcher_leftovers(tmp_path / "tmp") == []
 
 
 @pytest.mark.skipif(GPUS > 0, reason="on a GPU machine FSDP runs (the test above)")
@@ -132,6 +145,7 @@ def test_an_error_in_the_ranks_comes_back_in_one_line(tiny_llama_dir, data, tmp_
         last
     )
     assert "Traceback" not in run.stderr
+    assert _launcher_leftovers(tmp_path / "tmp") == []  # the ranks' error files were read before it went
 
 
 def test_a_killed_rank_fails_the_run_and_writes_no_model(tiny_llama_dir, data, tmp_path):

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,46 +53,51 @@ def train(spec: TrainSpec, home=None, log: Callable = print, progress: bool = Tr
 
 
 def _elastic(spec: TrainSpec, args: list[str], log: Callable) -> None:
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     world = spec.devices * spec.nodes
     log(f"launching {spec.devices} processes on node {spec.node_rank} of {spec.nodes} ({world} in all, "
         f"{spec.distributed}); rendezvous at {spec.master_addr}:{spec.master_port}")  # fmt: skip
-    config = LaunchConfig(
-        min_nodes=spec.nodes,
-        max_nodes=spec.nodes,
-        nproc_per_node=spec.devices,
-        run_id="lmtailor",
-        rdzv_backend="static",  # torchrun --nnodes/--node_rank/--master_addr: every node named up front
-        rdzv_endpoint=f"{spec.master_addr}:{spec.master_port}",
-        rdzv_configs={"rank": spec.node_rank, "timeout": 900},
-        max_restarts=0,
-        monitor_interval=0.5,
-    )
-    env = {"OMP_NUM_THREADS": str(_threads_per_process(spec.devices))}
-    previous = {k: os.environ.get(k) for k in env}
-    os.environ.update(
-        env
-    )  # the launcher's children inherit it: processes sharing the cores each take a share
-    try:
-        elastic_launch(config, entrypoint=sys.executable)("-m", "lmtailor.train.launch", *args)
-    except ChildFailedError as e:
-        import signal
+    # torch's launcher otherwise leaves a torchelastic_* folder in /tmp after every run; the ranks' error files
+    # are read into the failures before this folder goes.
+    with tempfile.TemporaryDirectory(prefix="lmtailor-launch-", ignore_cleanup_errors=True) as logs:
+        config = LaunchConfig(
+            min_nodes=spec.nodes,
+            max_nodes=spec.nodes,
+            nproc_per_node=spec.devices,
+            run_id="lmtailor",
+            rdzv_backend="static",  # torchrun --nnodes/--node_rank/--master_addr: every node named up front
+            rdzv_endpoint=f"{spec.master_addr}:{spec.master_port}",
+            rdzv_configs={"rank": spec.node_rank, "timeout": 900},
+            max_restarts=0,
+            monitor_interval=0.5,
+            logs_specs=DefaultLogsSpecs(log_dir=logs),
+        )
+        env = {"OMP_NUM_THREADS": str(_threads_per_process(spec.devices))}
+        previous = {k: os.environ.get(k) for k in env}
+        os.environ.update(
+            env
+        )  # the launcher's children inherit it: processes sharing the cores each take a share
+        try:
+            elastic_launch(config, entrypoint=sys.executable)("-m", "lmtailor.train.launch", *args)
+        except ChildFailedError as e:
+            import signal
 
-        codes = [
-            f.exitcode for f in e.failures.values()
-        ]  # a rank the launcher stopped after the others paused
-        if PAUSED_EXIT in codes and all(c in (PAUSED_EXIT, -signal.SIGTERM) for c in codes):
-            raise PausedRun() from None
-        rank, failure = _root_failure(e.failures)
-        raise LmtailorError(f"training failed on rank {rank} of {world}: {_reason(failure)}") from None
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            codes = [
+                f.exitcode for f in e.failures.values()
+            ]  # a rank the launcher stopped after the others paused
+            if PAUSED_EXIT in codes and all(c in (PAUSED_EXIT, -signal.SIGTERM) for c in codes):
+                raise PausedRun() from None
+            rank, failure = _root_failure(e.failures)
+            raise LmtailorError(f"training failed on rank {rank} of {world}: {_reason(failure)}") from None
+        finally:
+            for k, v in previous.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 _COLLATERAL = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
