@@ -5,7 +5,11 @@ Reports tokens/s, peak memory (RSS) and final loss of both, their ratio, and the
 measured bf16 matmul peak that lmtailor's run reaches (model FLOPs per token: 2 x parameters forward,
 2 x backward through activations, and 2 x the trained parameters for their weight gradients).
 
-    python bench/train_throughput.py [--epochs 3] [--data FILE] [--rows N] [--json OUT]
+    python bench/train_throughput.py [--epochs 3] [--data FILE] [--rows N] [--repeats K] [--json OUT]
+
+With --repeats K the two runs alternate K times (plain, lmtailor, plain, lmtailor...) and the ratio is of the
+medians (the lower middle run of an even count): this VM's speed drifts by up to 1.6x within an hour, and
+alternating keeps a drift from landing on one side only. Peak memory is each side's first run.
 
 By default the data is the quickstart's first 150 rows (its three original phrasings of each fact: the rows
 the results in docs/benchmarks.md were measured on before the file grew to six phrasings).
@@ -105,11 +109,18 @@ def lmtailor_defaults(model_dir: Path, data: Path, epochs: float, out: Path) -> 
             "trained_fraction": card["metrics"]["trainable_parameters"] / card["metrics"]["total_parameters"]}  # fmt: skip
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median tokens/s (the lower middle one of an even count): a whole run, so its time,
+    tokens and loss belong together."""
+    return sorted(runs, key=lambda r: r["tokens_per_second"])[(len(runs) - 1) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--rows", type=int, default=150, help="train on the first N rows of the data (0: all)")
+    ap.add_argument("--repeats", type=int, default=1, help="alternate the two runs this many times; medians")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = ap.parse_args()
 
@@ -122,24 +133,27 @@ def main() -> None:
 
     n_params = _count_parameters(model_dir)
     peak = matmul_peak_tflops()
-    results = {}
+    runs: dict[str, list[dict]] = {"plain TRL": [], "lmtailor": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = a.data
         if a.rows:
             data = Path(tmp) / "rows.jsonl"
             lines = a.data.read_text(encoding="utf-8").splitlines(keepends=True)[: a.rows]
             data.write_text("".join(lines), encoding="utf-8")
-        for name, fn in (("plain TRL", plain_trl), ("lmtailor", lmtailor_defaults)):
-            with PeakRSS() as mem:
-                r = fn(model_dir, data, a.epochs, Path(tmp) / name.replace(" ", "_"))
-            r["tokens_per_second"] = r["tokens"] / r["seconds"]
-            r["peak_rss_gb"] = mem.peak / 2**30
-            results[name] = r
-            print(
-                f"{name:10s} {r['strategy']:18s} {r['tokens_per_second']:7.1f} tok/s  peak {r['peak_rss_gb']:.2f} GiB  "
-                f"final loss {r['final_loss']:.3f}  ({r['seconds']:.0f} s)",
-                flush=True,
-            )
+        for k in range(max(1, a.repeats)):
+            for name, fn in (("plain TRL", plain_trl), ("lmtailor", lmtailor_defaults)):
+                with PeakRSS() as mem:
+                    r = fn(model_dir, data, a.epochs, Path(tmp) / f"{name.replace(' ', '_')}_{k}")
+                r["tokens_per_second"] = r["tokens"] / r["seconds"]
+                r["peak_rss_gb"] = mem.peak / 2**30
+                runs[name].append(r)
+                print(
+                    f"{name:10s} {r['strategy']:18s} {r['tokens_per_second']:7.1f} tok/s  peak "
+                    f"{r['peak_rss_gb']:.2f} GiB  final loss {r['final_loss']:.3f}  ({r['seconds']:.0f} s)",
+                    flush=True,
+                )
+    # Peak memory from each side's first run: later runs in the same process start from what earlier ones left.
+    results = {name: {**median_run(rs), "peak_rss_gb": rs[0]["peak_rss_gb"]} for name, rs in runs.items()}
     ours, base = results["lmtailor"], results["plain TRL"]
     per_token = 4 + 2 * ours["trained_fraction"]
     achieved = per_token * n_params * ours["tokens_per_second"] / 1e12
@@ -151,11 +165,14 @@ def main() -> None:
         "lmtailor_model_tflops": round(achieved, 3),
         "lmtailor_fraction_of_peak": round(achieved / peak, 3),
         "runs": results,
+        "repeats": {name: [round(r["tokens_per_second"], 1) for r in rs] for name, rs in runs.items()},
     }
     print(
         f"\nbf16 matmul peak {peak:.2f} TFLOP/s; lmtailor reaches {achieved:.3f} TFLOP/s "
         f"({achieved / peak:.1%} of it, {per_token:.2f} x params FLOPs per token)"
     )
+    if a.repeats > 1:
+        print("tokens/s of each run: " + "; ".join(f"{n} {v}" for n, v in summary["repeats"].items()))
     print(
         f"speed-up: {summary['speedup_tokens_per_second']}x tokens/s; final loss {ours['final_loss']:.3f} "
         f"(lmtailor) vs {base['final_loss']:.3f} (plain TRL)"
