@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,44 +61,45 @@ def _elastic(spec: TrainSpec, args: list[str], log: Callable) -> None:
     world = spec.devices * spec.nodes
     log(f"launching {spec.devices} processes on node {spec.node_rank} of {spec.nodes} ({world} in all, "
         f"{spec.distributed}); rendezvous at {spec.master_addr}:{spec.master_port}")  # fmt: skip
-    # torch's launcher otherwise leaves a torchelastic_* folder in /tmp after every run; the ranks' error files
-    # are read into the failures before this folder goes.
-    with tempfile.TemporaryDirectory(prefix="lmtailor-launch-", ignore_cleanup_errors=True) as logs:
-        config = LaunchConfig(
-            min_nodes=spec.nodes,
-            max_nodes=spec.nodes,
-            nproc_per_node=spec.devices,
-            run_id="lmtailor",
-            rdzv_backend="static",  # torchrun --nnodes/--node_rank/--master_addr: every node named up front
-            rdzv_endpoint=f"{spec.master_addr}:{spec.master_port}",
-            rdzv_configs={"rank": spec.node_rank, "timeout": 900},
-            max_restarts=0,
-            monitor_interval=0.5,
-            logs_specs=DefaultLogsSpecs(log_dir=logs),
-        )
-        env = {"OMP_NUM_THREADS": str(_threads_per_process(spec.devices))}
-        previous = {k: os.environ.get(k) for k in env}
-        os.environ.update(
-            env
-        )  # the launcher's children inherit it: processes sharing the cores each take a share
-        try:
-            elastic_launch(config, entrypoint=sys.executable)("-m", "lmtailor.train.launch", *args)
-        except ChildFailedError as e:
-            import signal
+    # torch's launcher would make its log folder with mkdtemp and leave it in /tmp after every run; this one goes in
+    # `finally`. The ranks' error files are read into the failures before that.
+    logs = tempfile.mkdtemp(prefix="lmtailor-launch-")
+    config = LaunchConfig(
+        min_nodes=spec.nodes,
+        max_nodes=spec.nodes,
+        nproc_per_node=spec.devices,
+        run_id="lmtailor",
+        rdzv_backend="static",  # torchrun --nnodes/--node_rank/--master_addr: every node named up front
+        rdzv_endpoint=f"{spec.master_addr}:{spec.master_port}",
+        rdzv_configs={"rank": spec.node_rank, "timeout": 900},
+        max_restarts=0,
+        monitor_interval=0.5,
+        logs_specs=DefaultLogsSpecs(log_dir=logs),
+    )
+    env = {"OMP_NUM_THREADS": str(_threads_per_process(spec.devices))}
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(
+        env
+    )  # the launcher's children inherit it: processes sharing the cores each take a share
+    try:
+        elastic_launch(config, entrypoint=sys.executable)("-m", "lmtailor.train.launch", *args)
+    except ChildFailedError as e:
+        import signal
 
-            codes = [
-                f.exitcode for f in e.failures.values()
-            ]  # a rank the launcher stopped after the others paused
-            if PAUSED_EXIT in codes and all(c in (PAUSED_EXIT, -signal.SIGTERM) for c in codes):
-                raise PausedRun() from None
-            rank, failure = _root_failure(e.failures)
-            raise LmtailorError(f"training failed on rank {rank} of {world}: {_reason(failure)}") from None
-        finally:
-            for k, v in previous.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        codes = [
+            f.exitcode for f in e.failures.values()
+        ]  # a rank the launcher stopped after the others paused
+        if PAUSED_EXIT in codes and all(c in (PAUSED_EXIT, -signal.SIGTERM) for c in codes):
+            raise PausedRun() from None
+        rank, failure = _root_failure(e.failures)
+        raise LmtailorError(f"training failed on rank {rank} of {world}: {_reason(failure)}") from None
+    finally:
+        for k, v in previous.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 _COLLATERAL = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
