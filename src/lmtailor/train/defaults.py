@@ -5,7 +5,8 @@ Measured on the quickstart facts and documented in docs/defaults.md. What the me
   train (attention frozen): the relation a question asks about is still read by the pretrained attention,
   so a new wording reaches the same stored fact. Training attention too (full or LoRA on all layers)
   lets the model key facts on the training wording, and confuse them on new wordings.
-- About 110 optimizer steps of 8 samples: fewer leave facts unlearned, more add little.
+- About 150 optimizer steps of 8 samples: fewer leave facts unlearned (114 steps, three passes over six
+  phrasings of each fact, answered 82.5% over four seeds; 152 steps, four passes, 86.5%, every seed >= 80%).
 - NEFTune noise on the embeddings (alpha 5) helps a little; noisy copies of the questions did not.
 - Each answer again as the reply to "Tell me a fact." (recitations) answers more new phrasings at every
   seed tried (mean 74.7% against 65.3% over three seeds), for twice the steps; only for data that looks
@@ -24,7 +25,7 @@ from lmtailor.specs import TrainSpec
 
 SMALL_MODEL = 1.5e9  # parameters up to which full-rank training of the MLP blocks is the default
 SMALL_DATA = 5000  # rows up to which the MLP-only strategy is the default (beyond: full, or LoRA)
-TARGET_STEPS = 110  # optimizer steps a small data set is trained for
+TARGET_STEPS = 150  # optimizer steps a small data set is trained for
 MIN_EPOCHS, MAX_EPOCHS = 2, 12
 LEARNING_RATE = {"mlp": 3e-4, "full": 1e-4, "freeze": 2e-4, "lora": 1e-3, "qlora": 1e-3}
 NEFTUNE_ALPHA = 5.0
