@@ -6,14 +6,20 @@ import re
 from pathlib import Path
 
 from lmtailor.specs import TrainSpec
-from lmtailor.train.defaults import MAX_EPOCHS, MIN_EPOCHS, choose
+from lmtailor.train.defaults import MAX_EPOCHS, MIN_EPOCHS, TARGET_STEPS, choose
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "defaults.md"
 
 
+def epochs_row() -> str:
+    return next(
+        line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith("| epochs |")
+    )
+
+
 def documented_epochs() -> dict[int, float]:
     """`a data set of 108 rows gets 11 epochs, 150 rows 8, ...` from the rule table's epochs row."""
-    row = next(line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith("| epochs |"))
+    row = epochs_row()
     sentence = row[row.index("a data set of") :]
     pairs = re.findall(r"([\d,]+) rows(?: gets)? (\d+)(?: epochs)?", sentence)
     return {int(rows.replace(",", "")): float(epochs) for rows, epochs in pairs}
@@ -25,6 +31,7 @@ def test_the_documented_epochs_are_the_rules() -> None:
     spec = TrainSpec(model="smollm2-135m-instruct", data="facts.jsonl")
     chosen = {rows: choose(spec, rows, [40] * rows, int(135e6)).epochs for rows in documented}
     assert chosen == documented
+    assert f"about {TARGET_STEPS} optimizer steps" in epochs_row()
 
 
 def test_epochs_fall_with_the_rows_within_the_bounds() -> None:
