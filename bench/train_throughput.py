@@ -1,4 +1,4 @@
-"""Training throughput: plain TRL SFTTrainer (fp32 defaults, LoRA r16, as a user would write it) against
+"""Training throughput: plain TRL SFTTrainer (its defaults, LoRA r16, as a user would write it) against
 lmtailor's defaults, on the same data for the same number of epochs, in one script.
 
 Reports tokens/s, peak memory (RSS) and final loss of both, their ratio, and the share of this CPU's
@@ -67,7 +67,10 @@ def matmul_peak_tflops(n: int = 2048, seconds: float = 3.0) -> float:
 
 
 def plain_trl(model_dir: Path, data: Path, epochs: float, out: Path) -> dict:
-    """What a user writes from TRL's docs: SFTTrainer on the chat rows, a peft LoRA, fp32 defaults."""
+    """What a user writes from TRL's docs: SFTTrainer on the chat rows, a peft LoRA, TRL's defaults.
+
+    Those include bf16 autocast over fp32 weights: TRL 1.16's SFTConfig turns `bf16` on unless fp16 is set
+    (not fp32, as the issue assumed); the row's strategy says which precision ran."""
     from datasets import load_dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -85,7 +88,8 @@ def plain_trl(model_dir: Path, data: Path, epochs: float, out: Path) -> dict:
     seconds = time.perf_counter() - t0
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return {"seconds": seconds, "tokens": trainer.state.num_input_tokens_seen, "final_loss": losses[-1],
-            "train_loss": result.training_loss, "strategy": "lora r16 (fp32)"}  # fmt: skip
+            "train_loss": result.training_loss,
+            "strategy": f"lora r16 ({'bf16 autocast' if args.bf16 else 'fp32'})"}  # fmt: skip
 
 
 def lmtailor_defaults(model_dir: Path, data: Path, epochs: float, out: Path) -> dict:
