@@ -2,10 +2,11 @@
 lmtailor's defaults, on the same data for the same number of epochs, in one script.
 
 Reports tokens/s, peak memory (RSS) and final loss of both, their ratio, and the share of this CPU's
-measured bf16 matmul peak that lmtailor's run reaches (model FLOPs per token: 2 x parameters forward,
-2 x backward through activations, and 2 x the trained parameters for their weight gradients).
+measured matmul peak (in the dtype lmtailor trains in: bf16 where the CPU computes it natively, else fp32) that
+lmtailor's run reaches (model FLOPs per token: 2 x parameters forward, 2 x backward through activations, and
+2 x the trained parameters for their weight gradients). --plain-fp32 runs the plain side with bf16=False.
 
-    python bench/train_throughput.py [--epochs 3] [--data FILE] [--rows N] [--repeats K] [--json OUT]
+    python bench/train_throughput.py [--epochs 3] [--data FILE] [--rows N] [--repeats K] [--plain-fp32] [--json OUT]
 
 With --repeats K the two runs alternate K times (plain, lmtailor, plain, lmtailor...) and the ratio is of the
 medians (the lower middle run of an even count): this VM's speed drifts by up to 1.6x within an hour, and
@@ -24,6 +25,7 @@ import platform
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -53,10 +55,11 @@ class PeakRSS:
         self._thread.join()
 
 
-def matmul_peak_tflops(n: int = 2048, seconds: float = 3.0) -> float:
+def matmul_peak_tflops(dtype, n: int = 2048, seconds: float = 3.0) -> float:
+    """Square matmuls in the dtype lmtailor trains in here (bf16 where the CPU has it, else fp32)."""
     import torch
 
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     for _ in range(3):
         a @ b
     count, t0 = 0, time.perf_counter()
@@ -66,11 +69,11 @@ def matmul_peak_tflops(n: int = 2048, seconds: float = 3.0) -> float:
     return 2 * n**3 * count / (time.perf_counter() - t0) / 1e12
 
 
-def plain_trl(model_dir: Path, data: Path, epochs: float, out: Path) -> dict:
+def plain_trl(model_dir: Path, data: Path, epochs: float, out: Path, fp32: bool = False) -> dict:
     """What a user writes from TRL's docs: SFTTrainer on the chat rows, a peft LoRA, TRL's defaults.
 
     Those include bf16 autocast over fp32 weights: TRL 1.16's SFTConfig turns `bf16` on unless fp16 is set
-    (not fp32, as the issue assumed); the row's strategy says which precision ran."""
+    (not fp32, as the issue assumed); the row's strategy says which precision ran. `fp32`: `bf16=False`."""
     from datasets import load_dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
@@ -79,7 +82,7 @@ def plain_trl(model_dir: Path, data: Path, epochs: float, out: Path) -> dict:
     args = SFTConfig(
         output_dir=str(out), num_train_epochs=epochs, per_device_train_batch_size=8, learning_rate=2e-4,
         logging_steps=5, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-        include_num_input_tokens_seen="non_padding", assistant_only_loss=False,
+        include_num_input_tokens_seen="non_padding", assistant_only_loss=False, **({"bf16": False} if fp32 else {}),
     )  # fmt: skip
     peft = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=ds, peft_config=peft)
@@ -126,6 +129,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=150, help="train on the first N rows of the data (0: all)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate the two runs this many times; medians")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument(
+        "--plain-fp32", action="store_true", help="plain TRL with bf16=False instead of its default"
+    )
     a = ap.parse_args()
 
     import torch
@@ -136,7 +142,11 @@ def main() -> None:
     from lmtailor.models.loading import _count_parameters
 
     n_params = _count_parameters(model_dir)
-    peak = matmul_peak_tflops()
+    from lmtailor.models.loading import best_dtype
+
+    dtype = best_dtype("cpu")
+    kind = str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32")
+    peak = matmul_peak_tflops(dtype)
     runs: dict[str, list[dict]] = {"plain TRL": [], "lmtailor": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = a.data
@@ -145,7 +155,10 @@ def main() -> None:
             lines = a.data.read_text(encoding="utf-8").splitlines(keepends=True)[: a.rows]
             data.write_text("".join(lines), encoding="utf-8")
         for k in range(max(1, a.repeats)):
-            for name, fn in (("plain TRL", plain_trl), ("lmtailor", lmtailor_defaults)):
+            for name, fn in (
+                ("plain TRL", partial(plain_trl, fp32=a.plain_fp32)),
+                ("lmtailor", lmtailor_defaults),
+            ):
                 with PeakRSS() as mem:
                     r = fn(model_dir, data, a.epochs, Path(tmp) / f"{name.replace(' ', '_')}_{k}")
                 r["tokens_per_second"] = r["tokens"] / r["seconds"]
@@ -164,7 +177,8 @@ def main() -> None:
     summary = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "epochs": a.epochs,
-        "bf16_matmul_peak_tflops": round(peak, 3),
+        "matmul_dtype": kind,
+        "matmul_peak_tflops": round(peak, 3),
         "speedup_tokens_per_second": round(ours["tokens_per_second"] / base["tokens_per_second"], 2),
         "lmtailor_model_tflops": round(achieved, 3),
         "lmtailor_fraction_of_peak": round(achieved / peak, 3),
@@ -172,7 +186,7 @@ def main() -> None:
         "repeats": {name: [round(r["tokens_per_second"], 1) for r in rs] for name, rs in runs.items()},
     }
     print(
-        f"\nbf16 matmul peak {peak:.2f} TFLOP/s; lmtailor reaches {achieved:.3f} TFLOP/s "
+        f"\n{kind} matmul peak {peak:.2f} TFLOP/s; lmtailor reaches {achieved:.3f} TFLOP/s "
         f"({achieved / peak:.1%} of it, {per_token:.2f} x params FLOPs per token)"
     )
     if a.repeats > 1:
