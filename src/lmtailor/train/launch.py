@@ -78,17 +78,15 @@ def _elastic(spec: TrainSpec, args: list[str], log: Callable) -> None:
     )
     env = {"OMP_NUM_THREADS": str(_threads_per_process(spec.devices))}
     previous = {k: os.environ.get(k) for k in env}
-    os.environ.update(
-        env
-    )  # the launcher's children inherit it: processes sharing the cores each take a share
+    # The launcher's children inherit it: processes sharing the cores each take a share.
+    os.environ.update(env)
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "lmtailor.train.launch", *args)
     except ChildFailedError as e:
         import signal
 
-        codes = [
-            f.exitcode for f in e.failures.values()
-        ]  # a rank the launcher stopped after the others paused
+        # A rank the launcher stopped after the others paused exits with -SIGTERM.
+        codes = [f.exitcode for f in e.failures.values()]
         if PAUSED_EXIT in codes and all(c in (PAUSED_EXIT, -signal.SIGTERM) for c in codes):
             raise PausedRun() from None
         rank, failure = _root_failure(e.failures)
