@@ -11,6 +11,13 @@ from lmtailor.train.defaults import MAX_EPOCHS, MIN_EPOCHS, TARGET_STEPS, choose
 DOC = Path(__file__).resolve().parents[2] / "docs" / "defaults.md"
 
 
+def epochs_for(rows: int) -> float:
+    """The epochs the rule picks for the embedded model (135M parameters) and `rows` rows of 40 tokens."""
+    return choose(
+        TrainSpec(model="smollm2-135m-instruct", data="facts.jsonl"), rows, [40] * rows, int(135e6)
+    ).epochs
+
+
 def epochs_row() -> str:
     return next(
         line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith("| epochs |")
@@ -28,16 +35,11 @@ def documented_epochs() -> dict[int, float]:
 def test_the_documented_epochs_are_the_rules() -> None:
     documented = documented_epochs()
     assert len(documented) >= 4, documented  # the sentence is still there and still parsed
-    spec = TrainSpec(model="smollm2-135m-instruct", data="facts.jsonl")
-    chosen = {rows: choose(spec, rows, [40] * rows, int(135e6)).epochs for rows in documented}
-    assert chosen == documented
+    assert {rows: epochs_for(rows) for rows in documented} == documented
     assert f"about {TARGET_STEPS} optimizer steps" in epochs_row()
 
 
 def test_epochs_fall_with_the_rows_within_the_bounds() -> None:
-    spec = TrainSpec(model="smollm2-135m-instruct", data="facts.jsonl")
-    epochs = [
-        choose(spec, rows, [40] * rows, int(135e6)).epochs for rows in (1, 8, 40, 108, 300, 600, 5000, 50000)
-    ]
+    epochs = [epochs_for(rows) for rows in (1, 8, 40, 108, 300, 600, 5000, 50000)]
     assert epochs == sorted(epochs, reverse=True)
     assert epochs[0] == MAX_EPOCHS and epochs[-1] == MIN_EPOCHS
