@@ -47,7 +47,8 @@ def user_errors(debug: bool = False) -> Iterator[None]:
     except LmtailorError as e:
         if debug:
             raise
-        Console(stderr=True, highlight=False).print(f"[red]error: {escape(str(e))}[/red]")
+        # soft_wrap: a `file:line: reason` stays one line in a log or a pipe (rich hard-wraps at 80 columns there)
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error: {escape(str(e))}[/red]")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/yellow]")

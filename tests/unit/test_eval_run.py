@@ -133,11 +133,10 @@ def test_two_tiny_models_write_all_outputs_and_reuse_the_cache(
 def test_cli_reports_a_bad_file_in_one_line(tmp_path):
     from lmtailor.cli import app
 
-    # A wide terminal: at 80 columns rich wraps the long temporary path's line before "not found".
-    r = CliRunner().invoke(
-        app, ["eval", "--model", "x", "--data", str(tmp_path / "missing.jsonl")], env={"COLUMNS": "200"}
-    )
-    assert r.exit_code == 1 and "file not found" in r.output and "Traceback" not in r.output
+    # Past 80 columns (rich's width where the output is no terminal: a log, a pipe), so one hard wrap would show.
+    missing = tmp_path / ("a-folder-with-a-long-name-" * 3) / "missing.jsonl"
+    r = CliRunner().invoke(app, ["eval", "--model", "x", "--data", str(missing)], env={"COLUMNS": None})
+    assert r.exit_code == 1 and f"{missing}: file not found" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
 
 
