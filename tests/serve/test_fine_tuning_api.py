@@ -453,9 +453,15 @@ def test_a_synth_job_turns_uploaded_documents_into_files(platform, lively_llama_
         assert r.status_code in (400, 404) and r.json()["error"]["param"] == param, (bad, r.text)
 
 
-def test_a_job_on_two_processes_pauses_resumes_and_finishes(platform, lively_llama_dir, tmp_path):
+def test_a_job_on_two_processes_pauses_resumes_and_finishes(
+    platform, lively_llama_dir, tmp_path, monkeypatch
+):
     """lmtailor.devices = 2: two ranks train (gloo on this CPU), rank 0 alone reports; a pause stops both at one
     checkpoint and the resumed job finishes and is served."""
+    import torch
+
+    if torch.cuda.device_count() < 2:  # one process per GPU: with fewer than two the job's ranks use the CPU
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the worker starts each job with this environment
     client = platform.client()
     f = client.files.create(file=open(chat_file(tmp_path / "ddp.jsonl", ROWS * 4), "rb"), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id, suffix="ddp",

@@ -27,18 +27,23 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _train(model: Path, data: Path, out: Path, *extra: str, spec=(), wait: bool = True):
+def _env(home: Path, hide_gpus: bool, **extra: str) -> dict:
+    """One process per GPU where there are GPUs: with fewer than two, the two-process runs train on the CPU."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "LMTAILOR_HOME": str(home), **extra}
+    if hide_gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def _train(
+    model: Path, data: Path, out: Path, *extra: str, spec=(), wait: bool = True, hide_gpus: bool | None = None
+):
     cmd = [sys.executable, "-m", "lmtailor.cli", "train", *spec, "--model", str(model), "--data", str(data),
            "--output", str(out), *(() if "--strategy" in extra else ("--strategy", "full")), "--batch-size", "4", "--epochs", "2", "--no-packing",
            "--lr", "1e-3", "--precision", "fp32", "--seed", "0", "--master-port", str(_port()), *extra]  # fmt: skip
     tmp = out.parent / "tmp"  # the launcher's temporary folders land here, where a test can look for them
     tmp.mkdir(exist_ok=True)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "2",
-        "LMTAILOR_HOME": str(out.parent / "home"),
-        "TMPDIR": str(tmp),
-    }
+    env = _env(out.parent / "home", GPUS < 2 if hide_gpus is None else hide_gpus, TMPDIR=str(tmp))
     if not wait:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -129,8 +134,7 @@ def test_without_an_output_folder_every_rank_writes_to_the_one_the_launcher_name
     cmd = [sys.executable, "-m", "lmtailor.cli", "train", "--model", str(tiny_llama_dir), "--data", str(data),
            "--strategy", "full", "--batch-size", "4", "--epochs", "1", "--devices", "2", "--master-port", str(_port())]  # fmt: skip
     home = tmp_path / "home"
-    run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "2", "LMTAILOR_HOME": str(home)},
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    run = subprocess.run(cmd, env=_env(home, GPUS < 2), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     folders = [p for p in (home / "models").iterdir() if p.is_dir()]
     assert len(folders) == 1 and (folders[0] / "model.safetensors").exists()
@@ -140,10 +144,11 @@ def test_without_an_output_folder_every_rank_writes_to_the_one_the_launcher_name
 def test_an_error_in_the_ranks_comes_back_in_one_line(tiny_llama_dir, data, tmp_path):
     run = _train(tiny_llama_dir, data, tmp_path / "odd", "--devices", "2", "--batch-size", "3")
     assert run.returncode == 1
-    last = run.stderr.strip().splitlines()[-2:]
-    assert "error: training failed on rank 0 of 2: batch size 3 does not split evenly over 2" in " ".join(
-        last
-    )
+    # One line, however long (no hard wrap in a pipe). Both ranks fail alike: which one the launcher hears from
+    # first is a race, as for the sharded engines above.
+    last = run.stderr.strip().splitlines()[-1]
+    said = r"error: training failed on rank [01] of 2: batch size 3 does not split evenly over 2 "
+    assert re.match(said, last), run.stderr[-2000:]
     assert "Traceback" not in run.stderr
     assert _launcher_leftovers(tmp_path / "tmp") == []  # the ranks' error files were read before it went
 
@@ -178,6 +183,28 @@ def test_a_killed_rank_fails_the_run_and_writes_no_model(tiny_llama_dir, data, t
         if "lmtailor.train.launch" in " ".join(p.cmdline())
     ]
     assert not leftovers  # the launcher took the other rank down with it
+
+
+def test_more_processes_than_gpus_is_said_before_any_starts():
+    from lmtailor.train.launch import gpu_shortfall
+
+    assert gpu_shortfall(2, 0) is None and gpu_shortfall(2, 2) is None and gpu_shortfall(1, 1) is None
+    said = gpu_shortfall(2, 1)
+    assert said.startswith(
+        "2 training processes (--devices 2) need a GPU each, but this machine shows 1 GPU:"
+    )
+    assert "use --devices 1" in said and "CUDA_VISIBLE_DEVICES=" in said
+    assert "shows 3 GPUs:" in gpu_shortfall(4, 3)
+
+
+@pytest.mark.skipif(GPUS == 0, reason="needs a GPU (scripts/gpu_check.sh runs the suite's GPU paths)")
+def test_more_processes_than_gpus_are_refused_in_words(tiny_llama_dir, data, tmp_path):
+    n = GPUS + 1
+    run = _train(tiny_llama_dir, data, tmp_path / "many", "--devices", str(n), hide_gpus=False)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    said = " ".join(run.stderr.split())
+    assert f"error: {n} training processes (--devices {n}) need a GPU each" in said, said[-2000:]
+    assert not (tmp_path / "many" / ".launch").exists()  # refused before the spec was written for the ranks
 
 
 @pytest.mark.skipif(GPUS > 0, reason="this machine has a GPU: QLoRA runs (scripts/gpu_check.sh)")
