@@ -334,14 +334,15 @@ def test_evaluation_and_merge_jobs_and_the_jobs_cli(platform, lively_llama_dir, 
 
     runner = CliRunner()
     url = ["--url", platform.url + "/v1"]
-    listed = runner.invoke(app, ["jobs", "list", *url], env={"COLUMNS": "250"})
+    # No terminal here (as in a pipe): the table comes whole, not cut at 80 columns with its ids ending in "…"
+    listed = runner.invoke(app, ["jobs", "list", *url], env={"COLUMNS": None})
     assert listed.exit_code == 0 and "succeeded" in listed.output
     assert "eval" in listed.output and created["id"] in listed.output
     job_id = created["id"]
-    logs = runner.invoke(app, ["jobs", "logs", job_id, *url], env={"COLUMNS": "250"})
+    logs = runner.invoke(app, ["jobs", "logs", job_id, *url], env={"COLUMNS": None})
     assert logs.exit_code == 0 and "Created evaluation job" in logs.output.splitlines()[0]
     assert "Evaluation finished" in logs.output
-    shown = runner.invoke(app, ["jobs", "show", job_id, *url], env={"COLUMNS": "250"})
+    shown = runner.invoke(app, ["jobs", "show", job_id, *url], env={"COLUMNS": None})
     assert shown.exit_code == 0 and job_id in shown.output
     missing = runner.invoke(app, ["jobs", "show", "ftjob-nope", *url])
     assert missing.exit_code == 1 and "404" in missing.output

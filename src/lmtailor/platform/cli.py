@@ -9,12 +9,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 jobs_app = typer.Typer(
     help="Fine-tuning and evaluation jobs of a running `lmtailor serve`.", no_args_is_help=True
 )
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # log lines and messages whole in a pipe too
 
 UrlOpt = Annotated[
     str,
@@ -46,7 +46,7 @@ def _call(url: str, fn):
 
 
 def _fail(message: str):
-    Console(stderr=True, highlight=False).print(f"[red]error: {escape(message)}[/red]")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error: {escape(message)}[/red]")
     raise typer.Exit(1)
 
 
@@ -64,11 +64,18 @@ def list_jobs(limit: int = 20, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None
     page = _call(
         url, lambda: client.get("/lmtailor/jobs", cast_to=object, options={"params": {"limit": limit}})
     )
-    table = Table("id", "kind", "status", "model", "fine-tuned model", "created")
-    for job in page["data"]:
-        table.add_row(job["id"], job["lmtailor"]["kind"], job["status"], job["model"],
-                      job["fine_tuned_model"] or "–", _when(job["created_at"]))  # fmt: skip
-    console.print(table)
+    # Id, kind and status whole even in a narrow terminal (the ids are what `jobs show / logs / cancel` take);
+    # the model names fold onto more lines instead of ending in "…".
+    rows = [(job["id"], job["lmtailor"]["kind"], job["status"], job["model"], job["fine_tuned_model"] or "–",
+             _when(job["created_at"])) for job in page["data"]]  # fmt: skip
+    whole = [Column(name, no_wrap=True, min_width=max((len(r[k]) for r in rows), default=len(name)))
+             for k, name in enumerate(("id", "kind", "status"))]  # fmt: skip
+    table = Table(
+        *whole, Column("model", overflow="fold"), Column("fine-tuned model", overflow="fold"), "created"
+    )
+    for row in rows:
+        table.add_row(*row)
+    _print_table(table)
 
 
 @jobs_app.command("show")
@@ -87,7 +94,13 @@ def show(job_id: JobArg, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> N
     table.add_row("created / finished", f"{_when(job.created_at)} / {_when(job.finished_at)}")
     for c in _call(url, lambda: client.fine_tuning.jobs.checkpoints.list(job_id)).data:
         table.add_row(f"checkpoint step {c.step_number}", c.fine_tuned_model_checkpoint)
-    console.print(table)
+    _print_table(table)
+
+
+def _print_table(table: Table) -> None:
+    """Fitted to a terminal's width; whole into a pipe or a file, where rich would cut it at 80 columns (ids and
+    model names ending in "…" that no other command accepts)."""
+    (console if console.is_terminal else Console(highlight=False, width=10_000)).print(table)
 
 
 @jobs_app.command("logs")
