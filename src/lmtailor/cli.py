@@ -36,7 +36,7 @@ HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="lmtailor home (default: $LMTAILOR_HOME or ~/.lmtailor)")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show the full traceback of an error")]
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # a long path or reason stays one line in a log or a pipe
 
 
 @contextmanager
