@@ -175,7 +175,8 @@ def main() -> None:
     per_token = 4 + 2 * ours["trained_fraction"]
     achieved = per_token * n_params * ours["tokens_per_second"] / 1e12
     summary = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        # the cores this process may run on (taskset), not the machine's: a pinned run on a big host reads 2
+        "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",
         "epochs": a.epochs,
         "matmul_dtype": kind,
         "matmul_peak_tflops": round(peak, 3),
