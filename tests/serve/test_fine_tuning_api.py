@@ -334,15 +334,19 @@ def test_evaluation_and_merge_jobs_and_the_jobs_cli(platform, lively_llama_dir, 
 
     runner = CliRunner()
     url = ["--url", platform.url + "/v1"]
-    # No terminal here (as in a pipe): the table comes whole, not cut at 80 columns with its ids ending in "…"
-    listed = runner.invoke(app, ["jobs", "list", *url], env={"COLUMNS": None})
-    assert listed.exit_code == 0 and "succeeded" in listed.output
-    assert "eval" in listed.output and created["id"] in listed.output
+    # At 80 columns (a pipe's width for rich) a job is still one whole line: its id and its model's name are
+    # what other commands take, and a table fitted to 80 columns cut them to "…"
+    listed = runner.invoke(app, ["jobs", "list", *url], env={"COLUMNS": "80"})
+    assert listed.exit_code == 0
+    rows = {line.split()[0]: line.split() for line in listed.output.splitlines()[1:]}
+    assert {created["id"], made["id"]} <= set(rows), listed.output
+    assert rows[created["id"]][1:3] == ["eval", "succeeded"]
+    assert rows[made["id"]][1:5] == ["merge", "succeeded", lively_llama_dir.name, merged.fine_tuned_model]
     job_id = created["id"]
-    logs = runner.invoke(app, ["jobs", "logs", job_id, *url], env={"COLUMNS": None})
+    logs = runner.invoke(app, ["jobs", "logs", job_id, *url], env={"COLUMNS": "80"})
     assert logs.exit_code == 0 and "Created evaluation job" in logs.output.splitlines()[0]
     assert "Evaluation finished" in logs.output
-    shown = runner.invoke(app, ["jobs", "show", job_id, *url], env={"COLUMNS": None})
+    shown = runner.invoke(app, ["jobs", "show", job_id, *url], env={"COLUMNS": "80"})
     assert shown.exit_code == 0 and job_id in shown.output
     missing = runner.invoke(app, ["jobs", "show", "ftjob-nope", *url])
     assert missing.exit_code == 1 and "404" in missing.output

@@ -133,9 +133,9 @@ def test_two_tiny_models_write_all_outputs_and_reuse_the_cache(
 def test_cli_reports_a_bad_file_in_one_line(tmp_path):
     from lmtailor.cli import app
 
-    # Past 80 columns (rich's width where the output is no terminal: a log, a pipe), so one hard wrap would show.
+    # Past 80 columns (rich's width where the output is no terminal: a log, a pipe): a hard wrap would show.
     missing = tmp_path / ("a-folder-with-a-long-name-" * 3) / "missing.jsonl"
-    r = CliRunner().invoke(app, ["eval", "--model", "x", "--data", str(missing)], env={"COLUMNS": None})
+    r = CliRunner().invoke(app, ["eval", "--model", "x", "--data", str(missing)], env={"COLUMNS": "80"})
     assert r.exit_code == 1 and f"{missing}: file not found" in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Column, Table
+from rich.table import Table
 
 jobs_app = typer.Typer(
     help="Fine-tuning and evaluation jobs of a running `lmtailor serve`.", no_args_is_help=True
@@ -64,17 +64,10 @@ def list_jobs(limit: int = 20, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None
     page = _call(
         url, lambda: client.get("/lmtailor/jobs", cast_to=object, options={"params": {"limit": limit}})
     )
-    # Id, kind and status whole even in a narrow terminal (the ids are what `jobs show / logs / cancel` take);
-    # the model names fold onto more lines instead of ending in "…".
-    rows = [(job["id"], job["lmtailor"]["kind"], job["status"], job["model"], job["fine_tuned_model"] or "–",
-             _when(job["created_at"])) for job in page["data"]]  # fmt: skip
-    whole = [Column(name, no_wrap=True, min_width=max((len(r[k]) for r in rows), default=len(name)))
-             for k, name in enumerate(("id", "kind", "status"))]  # fmt: skip
-    table = Table(
-        *whole, Column("model", overflow="fold"), Column("fine-tuned model", overflow="fold"), "created"
-    )
-    for row in rows:
-        table.add_row(*row)
+    table = Table("id", "kind", "status", "model", "fine-tuned model", "created", box=None)  # a line a job
+    for job in page["data"]:
+        table.add_row(job["id"], job["lmtailor"]["kind"], job["status"], job["model"],
+                      job["fine_tuned_model"] or "–", _when(job["created_at"]))  # fmt: skip
     _print_table(table)
 
 
@@ -98,9 +91,9 @@ def show(job_id: JobArg, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> N
 
 
 def _print_table(table: Table) -> None:
-    """Fitted to a terminal's width; whole into a pipe or a file, where rich would cut it at 80 columns (ids and
-    model names ending in "…" that no other command accepts)."""
-    (console if console.is_terminal else Console(highlight=False, width=10_000)).print(table)
+    """At its own width, as `docker ps` prints: rich would fit it to the terminal, or to 80 columns in a pipe,
+    cutting ids and model names to "…" that no other command accepts. A narrow terminal wraps the lines."""
+    Console(highlight=False, width=10_000).print(table)
 
 
 @jobs_app.command("logs")
