@@ -195,6 +195,7 @@ def test_more_processes_than_gpus_is_said_before_any_starts():
     )
     assert "use --devices 1" in said and "CUDA_VISIBLE_DEVICES=" in said
     assert "shows 3 GPUs:" in gpu_shortfall(4, 3)
+    assert "(lmtailor.devices 2) need a GPU each" in gpu_shortfall(2, 1, option="lmtailor.devices")
 
 
 @pytest.mark.skipif(GPUS == 0, reason="needs a GPU (scripts/gpu_check.sh runs the suite's GPU paths)")

@@ -491,7 +491,13 @@ def _options(extra: dict) -> dict:
         raise ApiError(400, f"lmtailor.{local[0]}: jobs run on this server's devices (lmtailor.devices); "
                             "several machines: `lmtailor train --nodes` on each (docs/scaling.md)",
                        param=f"lmtailor.{local[0]}")  # fmt: skip
-    _validated(TrainSpec, {"model": "x", "data": "x", **extra}, "lmtailor")
+    spec = _validated(TrainSpec, {"model": "x", "data": "x", **extra}, "lmtailor")
+    if spec.devices > 1:  # a 400 now rather than a job that fails when it starts
+        from lmtailor.train.launch import gpu_shortfall, visible_gpus
+
+        problem = gpu_shortfall(spec.devices, visible_gpus(), option="lmtailor.devices")
+        if problem:
+            raise ApiError(400, problem, param="lmtailor.devices")
     return extra
 
 

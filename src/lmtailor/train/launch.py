@@ -43,9 +43,7 @@ def train(spec: TrainSpec, home=None, log: Callable = print, progress: bool = Tr
     if spec.devices * spec.nodes == 1 and not spec.accelerate_config:
         return run_sft(spec, home=home, log=log, progress=progress, callbacks=callbacks)
     if not spec.accelerate_config:  # an accelerate config places its processes itself
-        import torch
-
-        problem = gpu_shortfall(spec.devices, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        problem = gpu_shortfall(spec.devices, visible_gpus())
         if problem:
             raise LmtailorError(problem)
     out = output_dir(spec, home)  # decided once here: each rank would otherwise stamp its own default name
@@ -59,15 +57,22 @@ def train(spec: TrainSpec, home=None, log: Callable = print, progress: bool = Tr
     return out
 
 
-def gpu_shortfall(devices: int, gpus: int) -> str | None:
+def gpu_shortfall(devices: int, gpus: int, option: str = "--devices") -> str | None:
     """Why `devices` processes cannot start on a machine showing `gpus` GPUs, or None. Where there are GPUs each
     rank takes its own (LOCAL_RANK): a rank past the last would die of "invalid device ordinal", and two ranks
-    on one GPU are refused by NCCL. With none, the ranks train on the CPU."""
+    on one GPU are refused by NCCL. With none, the ranks train on the CPU. `option`: how the user said it."""
     if gpus == 0 or devices <= gpus:
         return None
     shown = f"{gpus} GPU" + ("s" if gpus > 1 else "")
-    return (f"{devices} training processes (--devices {devices}) need a GPU each, but this machine shows {shown}: "
-            f"use --devices {gpus}, or hide the GPUs (CUDA_VISIBLE_DEVICES=) to train on {devices} CPU processes")  # fmt: skip
+    return (f"{devices} training processes ({option} {devices}) need a GPU each, but this machine shows {shown}: "
+            f"use {option} {gpus}, or hide the GPUs from lmtailor (CUDA_VISIBLE_DEVICES=) to train on {devices} "
+            "CPU processes")  # fmt: skip
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _elastic(spec: TrainSpec, args: list[str], log: Callable) -> None:
