@@ -17,7 +17,7 @@ from rich.table import Table
 from lmtailor.data.cli import data_app
 from lmtailor.errors import LmtailorError
 from lmtailor.evaluate.cli import eval_command
-from lmtailor.platform.cli import jobs_app
+from lmtailor.platform.cli import jobs_app, print_table
 
 app = typer.Typer(
     help="lmtailor: tailor open language models to your own task: data, fine-tuning, evaluation, chat.",
@@ -404,7 +404,7 @@ def models_list(home: HomeOpt = None) -> None:
         table.add_row(
             card.parent.name, f"tuned ({info.get('strategy')})", str(info.get("base_model")), str(card.parent)
         )
-    console.print(table)
+    print_table(table)  # whole: its paths are to copy
 
 
 @models_app.command("show")
@@ -429,7 +429,7 @@ def models_show(name: Annotated[str, typer.Argument(help="model name or folder")
     if card:
         for key in ("base_model", "parent", "method", "strategy", "metrics", "created_at"):
             table.add_row(f"card.{key}", str(card.get(key)))
-    console.print(table)
+    print_table(table)
 
 
 def main() -> None:  # pragma: no cover - `python -m lmtailor`

@@ -124,3 +124,22 @@ def test_describe_a_folder_without_chat_template(tiny_llama_dir: Path, tmp_path:
         shutil.copy(tiny_llama_dir / name, bare / name)
     info = describe(str(bare))
     assert (info["chat_template"], info["parameters"], info["context_length"]) == (False, LLAMA_PARAMS, 512)
+
+
+def test_models_list_and_show_print_paths_whole_in_a_pipe(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lmtailor.cli import app
+
+    home = tmp_path / ("a-home-folder-with-a-long-name-" * 2)
+    tuned = home / "models" / "my-bot"
+    shutil.copytree(tiny_llama_dir, tuned)
+    (tuned / "lmtailor.json").write_text(
+        json.dumps({"strategy": "lora", "base_model": "x"}), encoding="utf-8"
+    )
+    # 80 columns: rich's width where the output is no terminal; the path alone is longer
+    listed = CliRunner().invoke(app, ["models", "list", "--home", str(home)], env={"COLUMNS": "80"})
+    assert listed.exit_code == 0, listed.output
+    assert any("my-bot" in line and str(tuned) in line for line in listed.output.splitlines()), listed.output
+    shown = CliRunner().invoke(app, ["models", "show", "my-bot", "--home", str(home)], env={"COLUMNS": "80"})
+    assert shown.exit_code == 0 and str(tuned) in shown.output, shown.output

@@ -68,7 +68,7 @@ def list_jobs(limit: int = 20, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None
     for job in page["data"]:
         table.add_row(job["id"], job["lmtailor"]["kind"], job["status"], job["model"],
                       job["fine_tuned_model"] or "–", _when(job["created_at"]))  # fmt: skip
-    _print_table(table)
+    print_table(table)
 
 
 @jobs_app.command("show")
@@ -87,10 +87,10 @@ def show(job_id: JobArg, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> N
     table.add_row("created / finished", f"{_when(job.created_at)} / {_when(job.finished_at)}")
     for c in _call(url, lambda: client.fine_tuning.jobs.checkpoints.list(job_id)).data:
         table.add_row(f"checkpoint step {c.step_number}", c.fine_tuned_model_checkpoint)
-    _print_table(table)
+    print_table(table)
 
 
-def _print_table(table: Table) -> None:
+def print_table(table: Table) -> None:
     """At its own width, as `docker ps` prints: rich would fit it to the terminal, or to 80 columns in a pipe,
     cutting ids and model names to "…" that no other command accepts. A narrow terminal wraps the lines."""
     Console(highlight=False, width=10_000).print(table)
