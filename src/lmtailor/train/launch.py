@@ -70,6 +70,7 @@ def gpu_shortfall(devices: int, gpus: int, option: str = "--devices") -> str | N
 
 
 def visible_gpus() -> int:
+    """The GPUs this process may use (after CUDA_VISIBLE_DEVICES); 0 without CUDA."""
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
