@@ -35,7 +35,8 @@ test: $(STAMP) browser bytecode
 test-fast: $(STAMP) browser bytecode
 	$(PY) -m pytest -q -m "not slow"
 
-# Every module's bytecode, on all cores (a few files that no Python 3 imports fail to compile: ignored).
+# Every module's bytecode, on all cores (test files written for a newer Python, such as torch's py312_intrinsics.py
+# under 3.11, fail to compile and are never imported: ignored).
 bytecode: $(STAMP)
 	@$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null 2>&1 || true
 
