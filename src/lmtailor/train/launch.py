@@ -70,10 +70,11 @@ def gpu_shortfall(devices: int, gpus: int, option: str = "--devices") -> str | N
 
 
 def visible_gpus() -> int:
-    """The GPUs this process may use (after CUDA_VISIBLE_DEVICES); 0 without CUDA."""
+    """The GPUs this process may use (after CUDA_VISIBLE_DEVICES); 0 without CUDA. device_count asks NVML and,
+    unlike is_available, does not initialise CUDA in the launcher or the API server (serve/vllm_engine.py)."""
     import torch
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return torch.cuda.device_count()
 
 
 def _elastic(spec: TrainSpec, args: list[str], log: Callable) -> None:
