@@ -10,6 +10,7 @@ from trl import pack_dataset
 from lmtailor.data.records import Message, Record
 from lmtailor.data.tokenize import IGNORE, tokenize_records
 from lmtailor.train.collate import PackedCollator, packed_segments
+from lmtailor.train.fastpath import PACKED_SDPA, restore_attention, use_fast_path
 
 QA = [
     ("What is the capital of France?", "Paris is the capital of France."),
@@ -151,3 +152,52 @@ def test_packed_loss_equals_padded_loss(tokenizer, tiny_llama_dir, examples, pac
         packed_loss = model(**packed_batch).loss
         padded_loss = model(**padded_batch).loss
     torch.testing.assert_close(packed_loss, padded_loss, atol=1e-5, rtol=0)
+
+
+def forward_backward(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    out = model(**batch)
+    out.loss.backward()
+    return out.logits.detach(), out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fast_path_equals_the_masked_path(request, tokenizer, packed, arch: str, tmp_path) -> None:
+    """Per-sample attention from the varlen bounds, and the loss over trained positions only: the logits, loss
+    and gradients of SDPA under the block-diagonal mask with transformers' own loss."""
+    folder = request.getfixturevalue(f"tiny_{arch}_dir")
+    masked, fast = load_tiny(folder, "sdpa").train(), load_tiny(folder, "sdpa").train()
+    assert use_fast_path(fast) == "sdpa"
+    assert fast.config._attn_implementation == PACKED_SDPA
+    row = packed[0]
+    batch = PackedCollator(tokenizer.pad_token_id)([row])
+    ends = torch.tensor(row["seq_lengths"]).cumsum(0).tolist()
+    assert batch["cu_seq_lens_q"].tolist() == [0, *ends]
+    assert batch["max_length_q"] == max(row["seq_lengths"])
+    logits, loss, grads = forward_backward(masked, batch)
+    fast_logits, fast_loss, fast_grads = forward_backward(fast, batch)
+    torch.testing.assert_close(fast_logits, logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast_loss, loss, atol=1e-6, rtol=0)
+    assert grads.keys() == fast_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+    one = dict(batch, cu_seq_lens_q=torch.tensor([0, ends[-1]], dtype=torch.int32))  # bounds say: one sample
+    with torch.no_grad():
+        leaky = fast(**one).logits
+    assert (leaky - logits).abs().max() > 1e-3  # the fast path attends by the bounds, not by the mask
+
+    restore_attention(fast, "sdpa")
+    assert fast.config._attn_implementation == "sdpa"
+    fast.save_pretrained(tmp_path / "saved")
+    assert "lmtailor" not in (tmp_path / "saved" / "config.json").read_text()
+
+
+def test_two_rows_fall_back_to_the_mask(tokenizer, tiny_llama_dir, packed) -> None:
+    """A batch of several rows carries no varlen bounds: the fast model attends through the mask, as exactly."""
+    masked, fast = load_tiny(tiny_llama_dir, "sdpa"), load_tiny(tiny_llama_dir, "sdpa")
+    use_fast_path(fast)
+    batch = PackedCollator(tokenizer.pad_token_id)(packed)
+    assert "cu_seq_lens_q" not in batch
+    with torch.no_grad():
+        torch.testing.assert_close(fast(**batch).logits, masked(**batch).logits, atol=1e-5, rtol=0)

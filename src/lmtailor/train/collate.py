@@ -2,7 +2,9 @@
 
 TRL's padding-free packing relies on flash-attention kernels to keep samples apart; with PyTorch's SDPA (the
 CPU path) the packed samples would see each other. So packed rows carry an explicit block-diagonal causal
-mask (4-D), which every attention implementation honours, and position ids that restart at each sample.
+mask (4-D), which every attention implementation honours, and position ids that restart at each sample. A batch
+of one row also carries the sample boundaries as transformers' varlen kwargs (`cu_seq_lens_q`...), from which
+train/fastpath.py attends within each sample instead of masking a whole row's scores.
 """
 
 from __future__ import annotations
@@ -64,7 +66,13 @@ class PackedCollator:
         allowed = (same & causal)[:, None]
         # Additive, not boolean: eager attention adds a mask to the scores, so a 0/1 mask would hide nothing.
         additive = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
-        return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": additive}
+        batch = {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": additive}
+        if b == 1:  # the varlen kwargs describe one flat row
+            lengths = examples[0]["seq_lengths"]
+            cuts = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cuts
+            batch["max_length_q"] = batch["max_length_k"] = max(lengths)
+        return batch
 
 
 def packed_segments(batch: dict) -> list[list[tuple[int, int]]]:

@@ -41,6 +41,7 @@ def run_sft(
     from lmtailor.models.catalog import resolve
     from lmtailor.models.loading import _count_parameters, best_device, load_model, load_tokenizer
     from lmtailor.train.defaults import choose
+    from lmtailor.train.fastpath import restore_attention, use_fast_path
     from lmtailor.train.strategy import apply_strategy, trainable_summary
 
     torch.manual_seed(spec.seed)
@@ -99,6 +100,7 @@ def run_sft(
     for key, why in plan.why.items():
         log(f"  {key} = {why}")
 
+    replaced = use_fast_path(model) if spec.packing else None
     trainer = _build_trainer(spec, plan, model, tok, train_ex, val_ex, out, precision, progress, lengths)
     if val_ex and spec.eval_metrics:
         from lmtailor.train.callbacks import EvalMetricsCallback, val_rows
@@ -133,6 +135,7 @@ def run_sft(
     if val_ex:
         metrics.update({k: v for k, v in trainer.evaluate().items() if k.startswith("eval_") and "runtime" not in k
                         and "per_second" not in k})  # fmt: skip
+    restore_attention(model, replaced)
     model = _gathered(trainer, out, plan.strategy, base.path)  # under FSDP / ZeRO-3 every rank takes part
     if not trainer.is_world_process_zero():  # one process writes the model, the card and the curve
         return out
