@@ -167,7 +167,7 @@ def test_fast_path_equals_the_masked_path(request, tokenizer, packed, arch: str,
     and gradients of SDPA under the block-diagonal mask with transformers' own loss."""
     folder = request.getfixturevalue(f"tiny_{arch}_dir")
     masked, fast = load_tiny(folder, "sdpa").train(), load_tiny(folder, "sdpa").train()
-    assert use_fast_path(fast) == "sdpa"
+    assert use_fast_path(fast, attention=True) == "sdpa"
     assert fast.config._attn_implementation == PACKED_SDPA
     row = packed[0]
     batch = PackedCollator(tokenizer.pad_token_id)([row])
@@ -196,8 +196,41 @@ def test_fast_path_equals_the_masked_path(request, tokenizer, packed, arch: str,
 def test_two_rows_fall_back_to_the_mask(tokenizer, tiny_llama_dir, packed) -> None:
     """A batch of several rows carries no varlen bounds: the fast model attends through the mask, as exactly."""
     masked, fast = load_tiny(tiny_llama_dir, "sdpa"), load_tiny(tiny_llama_dir, "sdpa")
-    use_fast_path(fast)
+    use_fast_path(fast, attention=True)
     batch = PackedCollator(tokenizer.pad_token_id)(packed)
     assert "cu_seq_lens_q" not in batch
     with torch.no_grad():
         torch.testing.assert_close(fast(**batch).logits, masked(**batch).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_items", [None, 37])
+def test_trained_positions_loss_is_transformers_loss(dtype, num_items) -> None:
+    """The same loss and bit-identical gradients, with the untrained positions left out of the softmax."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from lmtailor.train.fastpath import trained_positions_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 60, 500, dtype=dtype)
+    labels = torch.randint(0, 500, (2, 60))
+    labels[0, :20], labels[1, 35:50] = IGNORE, IGNORE
+    n = None if num_items is None else torch.tensor(num_items)
+    ours, theirs = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    loss = trained_positions_loss(ours, labels, 500, num_items_in_batch=n)
+    expected = ForCausalLMLoss(theirs, labels, 500, num_items_in_batch=n)
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
+    loss.backward()
+    expected.backward()
+    assert torch.equal(ours.grad, theirs.grad)
+    assert ours.grad[0, :19].abs().sum() == 0 and ours.grad[0, 20:].abs().sum() > 0
+
+
+def test_bf16_keeps_the_masked_attention(tiny_llama_dir) -> None:
+    """Without `attention` (bf16 and fp16 runs: train/fastpath.py) only the loss changes."""
+    from lmtailor.train.fastpath import trained_positions_loss
+
+    model = load_tiny(tiny_llama_dir, "sdpa")
+    assert use_fast_path(model, attention=False) is None
+    assert model.config._attn_implementation == "sdpa"
+    assert model.loss_function is trained_positions_loss

@@ -5,8 +5,10 @@ other (a 520-token row: 520² scores per head, ~7/8 of them masked away), and th
 `packed_sdpa` runs causal SDPA on each sample alone, from the sample boundaries the collator passes as the
 flash-attention varlen kwargs (`cu_seq_lens_q`, transformers' own name for them; flash-attention on a GPU reads
 the same ones). Outputs agree with the masked path to float rounding (tests/unit/test_packing.py).
-Measured on a 2-core CPU, one SmolLM2-135M layer's attention forward and backward over a 520-token row of 8
-samples: 24 ms masked, 5.9 ms per sample (fp32); bench/train_throughput.py has what it does to a whole step.
+Used in fp32 only. One SmolLM2-135M layer's attention forward and backward over a 520-token row of 8 samples:
+on an AMD EPYC (fp32, no bf16 there) 24 ms masked against 5.9 ms per sample; on a Sapphire Rapids CPU in bf16
+(2026-11-29) 11.8 ms masked against 16.6 ms per sample, where the small bf16 calls cost more than the scores
+they save. bf16 and fp16 runs keep the masked kernel.
 
 Loss: transformers' causal-LM loss takes the log-softmax over all 49k vocabulary entries at every position,
 prompts included, then ignores the untrained ones. `trained_positions_loss` drops them first: the same values
@@ -55,14 +57,14 @@ def trained_positions_loss(logits, labels, vocab_size: int, num_items_in_batch=N
     return fixed_cross_entropy(source, shift_labels[keep], num_items_in_batch, ignore_index, **kwargs)
 
 
-def use_fast_path(model) -> str | None:
-    """Put both shortcuts on `model` (a transformers model, or peft's wrapper of one); return the attention
-    implementation it had when it was switched to `packed_sdpa` (only from "sdpa"), else None."""
+def use_fast_path(model, attention: bool) -> str | None:
+    """Put the loss, and with `attention` the per-sample attention, on `model` (a transformers model, or peft's
+    wrapper of one); return the attention implementation `packed_sdpa` replaced (only "sdpa"), else None."""
     from transformers import AttentionInterface
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner.loss_function = trained_positions_loss
-    if getattr(inner.config, "_attn_implementation", None) != "sdpa":
+    if not attention or getattr(inner.config, "_attn_implementation", None) != "sdpa":
         return None  # eager reads the mask; flash-attention reads the same varlen kwargs itself
     AttentionInterface.register(PACKED_SDPA, packed_sdpa)
     inner.set_attn_implementation(PACKED_SDPA)

@@ -100,7 +100,7 @@ def run_sft(
     for key, why in plan.why.items():
         log(f"  {key} = {why}")
 
-    replaced = use_fast_path(model) if spec.packing else None
+    replaced = use_fast_path(model, attention=spec.packing and precision == "fp32")  # train/fastpath.py: why
     trainer = _build_trainer(spec, plan, model, tok, train_ex, val_ex, out, precision, progress, lengths)
     if val_ex and spec.eval_metrics:
         from lmtailor.train.callbacks import EvalMetricsCallback, val_rows
@@ -278,9 +278,10 @@ def _weights_dtype(strategy: str, precision: str):
 
 def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precision, progress, lengths):
     """transformers' Trainer over our tokenised rows (TRL's SFT loss path builds fp32 vocab-wide metrics on
-    every token, which costs a third of a CPU step; the loss here is the model's own). The head runs over every
-    position: over the trained ones only (`logits_to_keep`) the step was 1.14x faster with the same loss, but
-    bf16 gradients 0.6% apart, and in four paired runs the quickstart answered 4-10 points fewer (docs/defaults.md)."""
+    every token, which costs a third of a CPU step; the loss here is the model's own, over the trained positions:
+    train/fastpath.py). The head runs over every position: over the trained ones only (`logits_to_keep`) the step
+    was 1.14x faster with the same loss, but bf16 gradients 0.6% apart, and in four paired runs the quickstart
+    answered 4-10 points fewer (docs/defaults.md)."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
