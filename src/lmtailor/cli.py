@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from lmtailor.data.cli import data_app
 from lmtailor.errors import LmtailorError
 from lmtailor.evaluate.cli import eval_command
-from lmtailor.platform.cli import jobs_app, print_table
+from lmtailor.platform.cli import jobs_app
+from lmtailor.terminal import err, out, print_error, print_table
 
 app = typer.Typer(
     help="lmtailor: tailor open language models to your own task: data, fine-tuning, evaluation, chat.",
@@ -36,7 +35,7 @@ HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="lmtailor home (default: $LMTAILOR_HOME or ~/.lmtailor)")
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show the full traceback of an error")]
-console = Console(highlight=False, soft_wrap=True)  # a long path or reason stays one line in a log or a pipe
+console = out()
 
 
 @contextmanager
@@ -47,11 +46,10 @@ def user_errors(debug: bool = False) -> Iterator[None]:
     except LmtailorError as e:
         if debug:
             raise
-        # soft_wrap: a `file:line: reason` stays one line in a log or a pipe (rich hard-wraps at 80 columns there)
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error: {escape(str(e))}[/red]")
+        print_error(str(e))
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        Console(stderr=True).print("[yellow]interrupted[/yellow]")
+        err().print("[yellow]interrupted[/yellow]")
         raise typer.Exit(130) from None
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from lmtailor.errors import DataError, LmtailorError
+from lmtailor.terminal import err, out, print_error
 
 data_app = typer.Typer(
     help="Inspect, validate, clean and split training data (JSONL, JSON, CSV or Parquet).",
@@ -33,21 +33,13 @@ OnErrorOpt = Annotated[
 MAX_SHOWN = 20
 
 
-def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
 @contextmanager
 def _user_errors() -> Iterator[None]:
     """Our errors as one red line on stderr and exit code 1; anything else is a bug and keeps its traceback."""
     try:
         yield
     except LmtailorError as e:
-        _err().print(f"[red]error: {escape(str(e))}[/red]")
+        print_error(str(e))
         raise typer.Exit(1) from None
 
 
@@ -99,18 +91,18 @@ def validate_cmd(
         tokenizer = _tokenizer(model, home)
         result = validate_file(file, fmt, tokenizer, max_length)
         tokens = summarize(result.records, tokenizer)["tokens"] if tokenizer is not None else None
-    out = _out()
+    console = out()
     for e in result.errors:
-        out.print(escape(str(e)))
+        console.print(escape(str(e)))
     if tokens:
-        out.print(
+        console.print(
             f"tokens: p50 {tokens['p50']}, p90 {tokens['p90']}, p99 {tokens['p99']}, max {tokens['max']}"
         )
     total = len(result.records) + len(result.errors)
     if result.errors:
-        _err().print(f"[red]{len(result.errors)} of {total} rows bad[/red]")
+        err().print(f"[red]{len(result.errors)} of {total} rows bad[/red]")
         raise typer.Exit(1)
-    out.print(f"[green]ok: {total} rows ({_counts(result.formats)})[/green]")
+    console.print(f"[green]ok: {total} rows ({_counts(result.formats)})[/green]")
 
 
 @data_app.command("clean")
@@ -195,7 +187,7 @@ def split_cmd(
                 write_jsonl(splits[name], path)
                 table.add_row(name, str(len(splits[name])), str(path))
     _print_errors(result.errors, "skipped invalid rows")
-    _out().print(table)
+    out().print(table)
 
 
 @data_app.command("synth")
@@ -247,7 +239,7 @@ def synth_cmd(
 
         _threads()
 
-        console = _out()
+        console = out()
         report = run_synth(spec, home=home, log=lambda line: console.print(escape(line)))
     _print_synth(report)
 
@@ -271,7 +263,7 @@ def _print_synth(report: dict[str, Any]) -> None:
     table.add_row("eval rows", f"{report['eval_rows']} → {escape(report['files']['eval'])}")
     table.add_row("report", escape(report["files"]["report"]))
     table.add_row("seconds", str(report["seconds"]))
-    _out().print(table)
+    out().print(table)
 
 
 def _parse_ratios(text: str) -> list[float]:
@@ -303,7 +295,7 @@ def _print_summary(file: Path, summary: dict[str, Any], bad: int) -> None:
     if "tokens" in summary:
         t = summary["tokens"]
         table.add_row("tokens", f"p50 {t['p50']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}")
-    _out().print(table)
+    out().print(table)
 
 
 def _print_errors(errors: list[DataError], title: str) -> None:
@@ -314,11 +306,11 @@ def _print_errors(errors: list[DataError], title: str) -> None:
         table.add_row(str(e.line or "-"), escape(e.reason))
     if len(errors) > MAX_SHOWN:
         table.add_row("…", f"and {len(errors) - MAX_SHOWN} more")
-    _err().print(table)
+    err().print(table)
 
 
 def _print_report(report: dict[str, int], output: Path) -> None:
     table = Table("", "rows", title=f"cleaned → {output}")
     for key, value in report.items():
         table.add_row(key.replace("_", " "), str(value))
-    _out().print(table)
+    out().print(table)

@@ -7,14 +7,15 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from lmtailor.terminal import out, print_error, print_table
 
 jobs_app = typer.Typer(
     help="Fine-tuning and evaluation jobs of a running `lmtailor serve`.", no_args_is_help=True
 )
-console = Console(highlight=False, soft_wrap=True)  # log lines and messages whole in a pipe too
+console = out()
 
 UrlOpt = Annotated[
     str,
@@ -46,7 +47,7 @@ def _call(url: str, fn):
 
 
 def _fail(message: str):
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[red]error: {escape(message)}[/red]")
+    print_error(message)
     raise typer.Exit(1)
 
 
@@ -88,12 +89,6 @@ def show(job_id: JobArg, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = None) -> N
     for c in _call(url, lambda: client.fine_tuning.jobs.checkpoints.list(job_id)).data:
         table.add_row(f"checkpoint step {c.step_number}", c.fine_tuned_model_checkpoint)
     print_table(table)
-
-
-def print_table(table: Table) -> None:
-    """At its own width, as `docker ps` prints: rich would fit it to the terminal, or to 80 columns in a pipe,
-    cutting ids and model names to "…" that no other command accepts. A narrow terminal wraps the lines."""
-    Console(highlight=False, width=10_000).print(table)
 
 
 @jobs_app.command("logs")
