@@ -234,3 +234,31 @@ def test_bf16_keeps_the_masked_attention(tiny_llama_dir) -> None:
     assert use_fast_path(model, attention=False) is None
     assert model.config._attn_implementation == "sdpa"
     assert model.loss_function is trained_positions_loss
+
+
+@pytest.mark.parametrize(
+    "strategy, precision, expected",
+    [("freeze", "fp32", PACKED_SDPA), ("lora", "fp32", PACKED_SDPA), ("full", "bf16", "sdpa")],
+)
+def test_run_sft_attends_per_sample_in_fp32_only(
+    tiny_llama_dir, tiny_chat_file, tmp_path, strategy: str, precision: str, expected: str
+) -> None:
+    """What run_sft trains with, seen from a callback at every step, and what it saves afterwards."""
+    from transformers import TrainerCallback
+
+    from lmtailor.specs import TrainSpec
+    from lmtailor.train.sft import run_sft
+
+    seen = []
+
+    class Seen(TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+            seen.append(inner.config._attn_implementation)
+
+    spec = TrainSpec(model=str(tiny_llama_dir), data=str(tiny_chat_file), output=str(tmp_path / "out"),
+                     strategy=strategy, precision=precision, epochs=1, batch_size=4)  # fmt: skip
+    out = run_sft(spec, home=tmp_path / "home", progress=False, log=lambda *_: None, callbacks=[Seen()])
+    assert seen and set(seen) == {expected}
+    saved = out / "merged" if (out / "merged").exists() else out
+    assert "lmtailor" not in (saved / "config.json").read_text(encoding="utf-8")
