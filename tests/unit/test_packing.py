@@ -170,7 +170,10 @@ def test_fast_path_equals_the_masked_path(request, tokenizer, packed, arch: str,
     assert use_fast_path(fast, attention=True) == "sdpa"
     assert fast.config._attn_implementation == PACKED_SDPA
     row = packed[0]
-    batch = PackedCollator(tokenizer.pad_token_id)([row])
+    assert "cu_seq_lens_q" not in PackedCollator(tokenizer.pad_token_id)(
+        [row]
+    )  # only for a model that reads it
+    batch = PackedCollator(tokenizer.pad_token_id, varlen=True)([row])
     ends = torch.tensor(row["seq_lengths"]).cumsum(0).tolist()
     assert batch["cu_seq_lens_q"].tolist() == [0, *ends]
     assert batch["max_length_q"] == max(row["seq_lengths"])
@@ -197,7 +200,7 @@ def test_two_rows_fall_back_to_the_mask(tokenizer, tiny_llama_dir, packed) -> No
     """A batch of several rows carries no varlen bounds: the fast model attends through the mask, as exactly."""
     masked, fast = load_tiny(tiny_llama_dir, "sdpa"), load_tiny(tiny_llama_dir, "sdpa")
     use_fast_path(fast, attention=True)
-    batch = PackedCollator(tokenizer.pad_token_id)(packed)
+    batch = PackedCollator(tokenizer.pad_token_id, varlen=True)(packed)
     assert "cu_seq_lens_q" not in batch
     with torch.no_grad():
         torch.testing.assert_close(fast(**batch).logits, masked(**batch).logits, atol=1e-5, rtol=0)
@@ -262,3 +265,18 @@ def test_run_sft_attends_per_sample_in_fp32_only(
     assert seen and set(seen) == {expected}
     saved = out / "merged" if (out / "merged").exists() else out
     assert "lmtailor" not in (saved / "config.json").read_text(encoding="utf-8")
+
+
+def test_padded_batches_keep_their_mask_on_the_fast_path(tokenizer, lively_llama_dir) -> None:
+    """Generation during training (eval metrics) goes through the same model: a left-padded batch must still
+    see its padding mask, as under plain SDPA."""
+    plain, fast = load_tiny(lively_llama_dir, "sdpa"), load_tiny(lively_llama_dir, "sdpa")
+    use_fast_path(fast, attention=True)
+    batch = tokenizer(["Hi", "What is the capital of France, and why?"], padding=True, padding_side="left",
+                      return_tensors="pt")  # fmt: skip
+    assert (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        real = batch["attention_mask"].bool()
+        torch.testing.assert_close(fast(**batch).logits[real], plain(**batch).logits[real], atol=1e-5, rtol=0)
+        generated = [m.generate(**batch, max_new_tokens=6, do_sample=False) for m in (plain, fast)]
+    assert torch.equal(generated[0], generated[1])

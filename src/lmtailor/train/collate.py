@@ -3,7 +3,7 @@
 TRL's padding-free packing relies on flash-attention kernels to keep samples apart; with PyTorch's SDPA (the
 CPU path) the packed samples would see each other. So packed rows carry an explicit block-diagonal causal
 mask (4-D), which every attention implementation honours, and position ids that restart at each sample. A batch
-of one row also carries the sample boundaries as transformers' varlen kwargs (`cu_seq_lens_q`...), from which
+of one row can also carry the sample boundaries as transformers' varlen kwargs (`cu_seq_lens_q`...), from which
 train/fastpath.py attends within each sample instead of masking a whole row's scores.
 """
 
@@ -38,6 +38,7 @@ class PackedCollator:
     """Rows made by `trl.pack_dataset` (with `seq_lengths`) → ids, labels, restarting positions, 4-D mask."""
 
     pad_token_id: int
+    varlen: bool = False  # add the varlen kwargs: only for a model that reads them (train/fastpath.py)
 
     def __call__(self, examples: list[dict]) -> dict:
         import torch
@@ -67,7 +68,9 @@ class PackedCollator:
         # Additive, not boolean: eager attention adds a mask to the scores, so a 0/1 mask would hide nothing.
         additive = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
         batch = {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": additive}
-        if b == 1:  # the varlen kwargs describe one flat row
+        if (
+            self.varlen and b == 1
+        ):  # the varlen kwargs describe one flat row; a forward without **kwargs rejects them
             lengths = examples[0]["seq_lengths"]
             cuts = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
             batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cuts

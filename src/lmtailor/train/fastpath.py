@@ -61,12 +61,15 @@ def use_fast_path(model, attention: bool) -> str | None:
     """Put the loss, and with `attention` the per-sample attention, on `model` (a transformers model, or peft's
     wrapper of one); return the attention implementation `packed_sdpa` replaced (only "sdpa"), else None."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner.loss_function = trained_positions_loss
     if not attention or getattr(inner.config, "_attn_implementation", None) != "sdpa":
         return None  # eager reads the mask; flash-attention reads the same varlen kwargs itself
     AttentionInterface.register(PACKED_SDPA, packed_sdpa)
+    # Padded batches (generation in eval-metric callbacks) get SDPA's mask; an unknown name would get none.
+    AttentionMaskInterface.register(PACKED_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     inner.set_attn_implementation(PACKED_SDPA)
     return "sdpa"
 

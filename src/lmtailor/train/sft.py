@@ -101,7 +101,8 @@ def run_sft(
         log(f"  {key} = {why}")
 
     replaced = use_fast_path(model, attention=spec.packing and precision == "fp32")  # train/fastpath.py: why
-    trainer = _build_trainer(spec, plan, model, tok, train_ex, val_ex, out, precision, progress, lengths)
+    trainer = _build_trainer(spec, plan, model, tok, train_ex, val_ex, out, precision, progress, lengths,
+                             varlen=replaced is not None)  # fmt: skip
     if val_ex and spec.eval_metrics:
         from lmtailor.train.callbacks import EvalMetricsCallback, val_rows
 
@@ -276,7 +277,8 @@ def _weights_dtype(strategy: str, precision: str):
     return torch.float32
 
 
-def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precision, progress, lengths):
+def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precision, progress, lengths,
+                   varlen: bool = False):  # fmt: skip
     """transformers' Trainer over our tokenised rows (TRL's SFT loss path builds fp32 vocab-wide metrics on
     every token, which costs a third of a CPU step; the loss here is the model's own, over the trained positions:
     train/fastpath.py). The head runs over every position: over the trained ones only (`logits_to_keep`) the step
@@ -309,7 +311,7 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
         seq_len = packed_row_length(plan.max_length, per_rank, lengths)
         train_ds = pack_dataset(train_ds, seq_len, "bfd")
         val_ds = pack_dataset(val_ds, seq_len, "bfd") if val_ds is not None else None
-        collator, per_device = PackedCollator(tok.pad_token_id), 1
+        collator, per_device = PackedCollator(tok.pad_token_id, varlen=varlen), 1
     else:
         collator, per_device = PaddedCollator(tok.pad_token_id), per_rank
     steps_per_epoch = max(1, math.ceil(len(train_ds) / (per_device * spec.grad_accum * world)))
