@@ -68,9 +68,8 @@ class PackedCollator:
         # Additive, not boolean: eager attention adds a mask to the scores, so a 0/1 mask would hide nothing.
         additive = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
         batch = {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": additive}
-        if (
-            self.varlen and b == 1
-        ):  # the varlen kwargs describe one flat row; a forward without **kwargs rejects them
+        # The varlen kwargs describe one flat row; only on request, as a forward without **kwargs rejects them.
+        if self.varlen and b == 1:
             lengths = examples[0]["seq_lengths"]
             cuts = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
             batch["cu_seq_lens_q"] = batch["cu_seq_lens_k"] = cuts

@@ -1,11 +1,11 @@
-"""Two shortcuts for training on packed rows, each the same arithmetic as the path it replaces, minus wasted work.
+"""Two shortcuts for SFT, each the same arithmetic as the path it replaces, minus wasted work.
 
 Attention: a packed row of ~8 samples under a block-diagonal mask makes SDPA score every token against every
 other (a 520-token row: 520² scores per head, ~7/8 of them masked away), and the masked kernel is slow on CPUs.
 `packed_sdpa` runs causal SDPA on each sample alone, from the sample boundaries the collator passes as the
-flash-attention varlen kwargs (`cu_seq_lens_q`, transformers' own name for them; flash-attention on a GPU reads
-the same ones). Outputs agree with the masked path to float rounding (tests/unit/test_packing.py).
-Used in fp32 only. One SmolLM2-135M layer's attention forward and backward over a 520-token row of 8 samples:
+flash-attention varlen kwargs (`cu_seq_lens_q`: transformers' own names for them). Outputs agree with the
+masked path to float rounding (tests/unit/test_packing.py). Used in fp32 only. One SmolLM2-135M layer's
+attention forward and backward over a 520-token row of 8 samples:
 on an AMD EPYC (fp32, no bf16 there) 24 ms masked against 5.9 ms per sample; on a Sapphire Rapids CPU in bf16
 (2026-11-29) 11.8 ms masked against 16.6 ms per sample, where the small bf16 calls cost more than the scores
 they save. bf16 and fp16 runs keep the masked kernel.
@@ -66,7 +66,7 @@ def use_fast_path(model, attention: bool) -> str | None:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner.loss_function = trained_positions_loss
     if not attention or getattr(inner.config, "_attn_implementation", None) != "sdpa":
-        return None  # eager reads the mask; flash-attention reads the same varlen kwargs itself
+        return None  # every other implementation keeps the collator's 4-D mask
     AttentionInterface.register(PACKED_SDPA, packed_sdpa)
     # Padded batches (generation in eval-metric callbacks) get SDPA's mask; an unknown name would get none.
     AttentionMaskInterface.register(PACKED_SDPA, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
