@@ -10,7 +10,7 @@ from trl import pack_dataset
 from lmtailor.data.records import Message, Record
 from lmtailor.data.tokenize import IGNORE, tokenize_records
 from lmtailor.train.collate import PackedCollator, packed_segments
-from lmtailor.train.fastpath import PACKED_SDPA, restore_attention, use_fast_path
+from lmtailor.train.fastpath import PACKED_SDPA, restore_attention, trained_positions_loss, use_fast_path
 
 QA = [
     ("What is the capital of France?", "Paris is the capital of France."),
@@ -170,9 +170,8 @@ def test_fast_path_equals_the_masked_path(request, tokenizer, packed, arch: str,
     assert use_fast_path(fast, attention=True) == "sdpa"
     assert fast.config._attn_implementation == PACKED_SDPA
     row = packed[0]
-    assert "cu_seq_lens_q" not in PackedCollator(tokenizer.pad_token_id)(
-        [row]
-    )  # only for a model that reads it
+    # The bounds go only to a model that reads them.
+    assert "cu_seq_lens_q" not in PackedCollator(tokenizer.pad_token_id)([row])
     batch = PackedCollator(tokenizer.pad_token_id, varlen=True)([row])
     ends = torch.tensor(row["seq_lengths"]).cumsum(0).tolist()
     assert batch["cu_seq_lens_q"].tolist() == [0, *ends]
@@ -212,8 +211,6 @@ def test_trained_positions_loss_is_transformers_loss(dtype, num_items) -> None:
     """The same loss and bit-identical gradients, with the untrained positions left out of the softmax."""
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    from lmtailor.train.fastpath import trained_positions_loss
-
     torch.manual_seed(0)
     logits = torch.randn(2, 60, 500, dtype=dtype)
     labels = torch.randint(0, 500, (2, 60))
@@ -231,8 +228,6 @@ def test_trained_positions_loss_is_transformers_loss(dtype, num_items) -> None:
 
 def test_bf16_keeps_the_masked_attention(tiny_llama_dir) -> None:
     """Without `attention` (bf16 and fp16 runs: train/fastpath.py) only the loss changes."""
-    from lmtailor.train.fastpath import trained_positions_loss
-
     model = load_tiny(tiny_llama_dir, "sdpa")
     assert use_fast_path(model, attention=False) is None
     assert model.config._attn_implementation == "sdpa"

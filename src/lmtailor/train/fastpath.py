@@ -31,8 +31,7 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     if bounds is None or query.shape[0] != 1 or any(kwargs.get(k) is not None for k in _FALLBACK_KWARGS):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
-    cuts = bounds.tolist()
-    lengths = [e - s for s, e in zip(cuts, cuts[1:], strict=False)]
+    lengths = bounds.diff().tolist()
     gqa = key.shape[1] != query.shape[1]
     sdpa = torch.nn.functional.scaled_dot_product_attention
     outs = [
@@ -63,7 +62,7 @@ def use_fast_path(model, attention: bool) -> str | None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = _inner(model)
     inner.loss_function = trained_positions_loss
     if not attention or getattr(inner.config, "_attn_implementation", None) != "sdpa":
         return None  # every other implementation keeps the collator's 4-D mask
@@ -77,5 +76,9 @@ def use_fast_path(model, attention: bool) -> str | None:
 def restore_attention(model, previous: str | None) -> None:
     """Back to the implementation `use_fast_path` replaced, so the saved config and later use see the usual one."""
     if previous:
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        inner.set_attn_implementation(previous)
+        _inner(model).set_attn_implementation(previous)
+
+
+def _inner(model):
+    """The transformers model itself: peft's wrapper hands it over, a plain model is it."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
