@@ -9,7 +9,15 @@ from trl import pack_dataset
 
 from lmtailor.data.records import Message, Record
 from lmtailor.data.tokenize import IGNORE, tokenize_records
-from lmtailor.train.collate import PackedCollator, packed_segments
+from lmtailor.train.collate import (
+    SHARED_PREFIX,
+    PackedCollator,
+    PackedTrainer,
+    lay_out,
+    packed_segments,
+    shared_prefix,
+    unshared_lengths,
+)
 from lmtailor.train.fastpath import PACKED_SDPA, restore_attention, trained_positions_loss, use_fast_path
 
 QA = [
@@ -275,3 +283,117 @@ def test_padded_batches_keep_their_mask_on_the_fast_path(tokenizer, lively_llama
         torch.testing.assert_close(fast(**batch).logits[real], plain(**batch).logits[real], atol=1e-5, rtol=0)
         generated = [m.generate(**batch, max_new_tokens=6, do_sample=False) for m in (plain, fast)]
     assert torch.equal(generated[0], generated[1])
+
+
+def test_shared_prefix_stops_before_anything_trained() -> None:
+    """The prefix: common to all samples, untrained, the token after it untrained too, a token of each left."""
+    same = [1, 2, 3, 4, 5, 6]
+    untrained = [IGNORE] * 6
+    assert shared_prefix([same, same[:4] + [9, 9]], [untrained, untrained]) == 4
+    assert shared_prefix([same, same], [untrained, untrained]) == 5  # each sample keeps its last token
+    trained_at_3 = [IGNORE, IGNORE, IGNORE, 4, 5, 6]
+    assert shared_prefix([same, same], [untrained, trained_at_3]) == 2  # tokens 0-2 untrained, 2 is the last
+    assert shared_prefix([same], [untrained]) == 0
+    assert shared_prefix([same, [7, *same[1:]]], [untrained, untrained]) == 0
+
+
+def test_shared_prefix_layout(tokenizer, examples, packed) -> None:
+    """Each row holds its samples' common prefix once; every sample is the prefix plus its segment, at the
+    positions it would have alone, with its own labels."""
+    plain = PackedCollator(tokenizer.pad_token_id)(packed)
+    batch = PackedCollator(tokenizer.pad_token_id, share_prefix=True)(packed)
+    system = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False).split("x")[0]
+    prefix = len(tokenizer(system)["input_ids"])  # the default system prompt and the user turn's header
+    assert prefix > 10
+    originals = by_ids(examples)
+    for b, row in enumerate(packed):
+        n = len(row["seq_lengths"])
+        layout = lay_out(row, share=True)
+        assert layout.prefix == prefix
+        assert len(layout.ids) == len(row["input_ids"]) - (n - 1) * prefix
+        ids, labels = batch["input_ids"][b].tolist(), batch["labels"][b].tolist()
+        positions = batch["position_ids"][b].tolist()
+        start = 0
+        for i, length in enumerate(layout.lengths):
+            cut = prefix if i else 0
+            sample = ids[:prefix] + ids[start : start + length] if i else ids[start : start + length]
+            original = originals[tuple(sample)]
+            assert positions[start : start + length] == list(range(cut, len(sample)))
+            assert labels[start] == IGNORE
+            assert labels[start + 1 : start + length] == original["labels"][cut + 1 :]
+            start += length
+        assert unshared_lengths(batch["position_ids"][b : b + 1]) == [len(row["input_ids"]) + (
+            batch["input_ids"].shape[1] - len(layout.ids))]  # fmt: skip
+    assert unshared_lengths(plain["position_ids"]) == [plain["input_ids"].shape[1]] * 2
+    assert int((batch["labels"] != IGNORE).sum()) == int((plain["labels"] != IGNORE).sum())
+
+
+def sample_logits(logits: torch.Tensor, row: dict, share: bool) -> list[torch.Tensor]:
+    """Each sample's logits from a row's output, the shared prefix's taken from the row's start."""
+    layout = lay_out(row, share)
+    out, start = [], 0
+    for i, length in enumerate(layout.lengths):
+        own = logits[start : start + length]
+        out.append(torch.cat((logits[: layout.prefix], own)) if i and layout.prefix else own)
+        start += length
+    return out
+
+
+@pytest.mark.parametrize("path", ["sdpa", "eager", "fast"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_shared_prefix_computes_what_the_unshared_row_does(
+    request, tokenizer, packed, arch: str, path: str
+) -> None:
+    """The same logits at every sample's tokens, the same loss, the same gradient of every parameter as the row
+    with every sample whole, through the mask (SDPA, eager) and through the per-sample attention."""
+    folder = request.getfixturevalue(f"tiny_{arch}_dir")
+    reference = load_tiny(folder, "sdpa").train()
+    model = load_tiny(folder, "eager" if path == "eager" else "sdpa").train()
+    if path == "fast":
+        use_fast_path(model, attention=True)
+    row = packed[0]
+    plain = PackedCollator(tokenizer.pad_token_id)([row])
+    shared = PackedCollator(tokenizer.pad_token_id, varlen=path == "fast", share_prefix=True)([row])
+    assert shared["input_ids"].shape[1] < plain["input_ids"].shape[1]
+    assert (SHARED_PREFIX in shared) == (path == "fast")
+    logits, loss, grads = forward_backward(reference, plain)
+    shared_logits, shared_loss, shared_grads = forward_backward(model, shared)
+    for ours, theirs in zip(sample_logits(shared_logits[0], row, True), sample_logits(logits[0], row, False),
+                            strict=True):  # fmt: skip
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared_loss, loss, atol=1e-6, rtol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+    if path == "fast":  # negative control: without the prefix's length the later samples lose their start
+        blind = {k: v for k, v in shared.items() if k != SHARED_PREFIX}
+        with torch.no_grad():
+            assert (model(**blind).logits - shared_logits).abs().max() > 1e-3
+
+
+def test_packed_trainer_counts_and_noises_the_unshared_row(
+    tokenizer, tiny_llama_dir, packed, tmp_path
+) -> None:
+    """Tokens seen are the samples' own, and NEFTune's noise is as small as on the row with every sample whole
+    (alpha / sqrt(width x hidden)), not as large as the shorter shared row would make it."""
+    import math
+
+    from transformers import TrainingArguments
+    from transformers.integrations.neftune import activate_neftune
+
+    model = load_tiny(tiny_llama_dir, "sdpa").train()
+    args = TrainingArguments(output_dir=str(tmp_path), neftune_noise_alpha=5.0, use_cpu=True, report_to="none",
+                             include_num_input_tokens_seen="all")  # fmt: skip
+    trainer = PackedTrainer(model=model, args=args)
+    activate_neftune(model, 5.0)
+    row = packed[0]
+    batch = PackedCollator(tokenizer.pad_token_id, share_prefix=True)([row])
+    assert batch["input_ids"].shape[1] < len(row["input_ids"])
+    noised = []
+    model.get_input_embeddings().register_forward_hook(lambda module, args, out: noised.append(out.detach()))
+    trainer.compute_loss(model, batch)
+    noise = (noised[0] - model.get_input_embeddings().weight[batch["input_ids"]].detach()).abs().max()
+    magnitude = 5.0 / math.sqrt(len(row["input_ids"]) * model.config.hidden_size)
+    assert 0.9 * magnitude < noise <= magnitude
+    trainer._track_num_input_tokens(batch)
+    trainer._track_num_input_tokens(PackedCollator(tokenizer.pad_token_id)([row]))
+    assert trainer.state.num_input_tokens_seen == 2 * len(row["input_ids"])

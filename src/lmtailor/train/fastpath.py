@@ -8,7 +8,8 @@ masked path to float rounding (tests/unit/test_packing.py). Used in fp32 only. O
 attention forward and backward over a 520-token row of 8 samples:
 on an AMD EPYC (fp32, no bf16 there) 24 ms masked against 5.9 ms per sample; on a Sapphire Rapids CPU in bf16
 (2026-11-29) 11.8 ms masked against 16.6 ms per sample, where the small bf16 calls cost more than the scores
-they save. bf16 and fp16 runs keep the masked kernel.
+they save. bf16 and fp16 runs keep the masked kernel. A row that holds its samples' shared prefix once
+(train/collate.py) passes its length too: each later sample attends causally over the prefix and itself.
 
 Loss: transformers' causal-LM loss takes the log-softmax over all 49k vocabulary entries at every position,
 prompts included, then ignores the untrained ones. `trained_positions_loss` drops them first: the same values
@@ -16,6 +17,8 @@ at the trained positions, so the same loss and gradients (about a third of the q
 """
 
 from __future__ import annotations
+
+from lmtailor.train.collate import SHARED_PREFIX
 
 PACKED_SDPA = "lmtailor_packed_sdpa"
 # Per-sample causal SDPA would ignore these: a call that sets one goes through transformers' SDPA and the mask.
@@ -32,12 +35,18 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
     lengths = bounds.diff().tolist()
+    # The tokens at the row's start that every sample sees (train/collate.py: shared prefix).
+    prefix = kwargs.get(SHARED_PREFIX) or 0
     gqa = key.shape[1] != query.shape[1]
     sdpa = torch.nn.functional.scaled_dot_product_attention
-    outs = [
-        sdpa(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
-        for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)), strict=True)
-    ]
+    outs = []
+    for i, (q, k, v) in enumerate(zip(*(t.split(lengths, dim=2) for t in (query, key, value)), strict=True)):
+        later = bool(i and prefix)  # a later sample continues the prefix: causal over both, then the prefix's
+        if later:  # own rows (which the first sample has computed) dropped
+            q, k, v = (torch.cat((whole[:, :, :prefix], part), dim=2) for whole, part in
+                       ((query, q), (key, k), (value, v)))  # fmt: skip
+        out = sdpa(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)
+        outs.append(out[:, :, prefix:] if later else out)
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 

@@ -289,7 +289,7 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
     from transformers.trainer_callback import PrinterCallback
 
     from lmtailor.train.callbacks import MetricsCallback, ProgressCallback
-    from lmtailor.train.collate import PackedCollator, PaddedCollator
+    from lmtailor.train.collate import PackedCollator, PackedTrainer, PaddedCollator
 
     train_ds = Dataset.from_list(train_ex)
     val_ds = Dataset.from_list(val_ex) if val_ex else None
@@ -311,7 +311,7 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
         seq_len = packed_row_length(plan.max_length, per_rank, lengths)
         train_ds = pack_dataset(train_ds, seq_len, "bfd")
         val_ds = pack_dataset(val_ds, seq_len, "bfd") if val_ds is not None else None
-        collator, per_device = PackedCollator(tok.pad_token_id, varlen=varlen), 1
+        collator, per_device = PackedCollator(tok.pad_token_id, varlen=varlen, share_prefix=True), 1
     else:
         collator, per_device = PaddedCollator(tok.pad_token_id), per_rank
     steps_per_epoch = max(1, math.ceil(len(train_ds) / (per_device * spec.grad_accum * world)))
@@ -362,7 +362,7 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=spec.early_stopping_patience))
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(
+    trainer = (PackedTrainer if spec.packing else Trainer)(
         model=model,
         args=args,
         train_dataset=train_ds,
