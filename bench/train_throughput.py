@@ -4,7 +4,9 @@ lmtailor's defaults, on the same data for the same number of epochs, in one scri
 Reports tokens/s, peak memory (RSS) and final loss of both, their ratio, and the share of this CPU's
 measured matmul peak (in the dtype lmtailor trains in: bf16 where the CPU computes it natively, else fp32) that
 lmtailor's run reaches (model FLOPs per token: 2 x parameters forward, 2 x backward through activations, and
-2 x the trained parameters for their weight gradients). --plain-fp32 runs the plain side with bf16=False.
+2 x the trained parameters for their weight gradients; counted over the tokens the model computed, which are
+fewer than the data's where packed rows hold their samples' shared prefix once). tokens/s counts the data's tokens
+on both sides. --plain-fp32 runs the plain side with bf16=False.
 
     python bench/train_throughput.py [--epochs 3] [--data FILE] [--rows N] [--repeats K] [--plain-fp32] [--json OUT]
 
@@ -113,7 +115,8 @@ def lmtailor_defaults(model_dir: Path, data: Path, epochs: float, out: Path) -> 
     return {"seconds": train_seconds, "wall_seconds": seconds, "tokens": rows[-1]["tokens_seen"],
             "final_loss": losses[-1], "train_loss": card["metrics"]["train_loss"],
             "strategy": f"{card['strategy']} ({card['hyperparameters']['precision']})",
-            "trained_fraction": card["metrics"]["trainable_parameters"] / card["metrics"]["total_parameters"]}  # fmt: skip
+            "trained_fraction": card["metrics"]["trainable_parameters"] / card["metrics"]["total_parameters"],
+            "computed_tokens": card["metrics"].get("computed_tokens") or rows[-1]["tokens_seen"]}  # fmt: skip
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -176,7 +179,8 @@ def main() -> None:
     results = {name: {**median_run(rs), "peak_rss_gb": rs[0]["peak_rss_gb"]} for name, rs in runs.items()}
     ours, base = results["lmtailor"], results["plain TRL"]
     per_token = 4 + 2 * ours["trained_fraction"]
-    achieved = per_token * n_params * ours["tokens_per_second"] / 1e12
+    # FLOPs of the tokens the model computed: a row holds its samples' shared prefix once (train/collate.py).
+    achieved = per_token * n_params * ours["computed_tokens"] / ours["seconds"] / 1e12
     summary = {
         # the cores this process may run on (taskset), not the machine's: a pinned run on a big host reads 2
         "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 from datasets import Dataset
@@ -253,6 +256,7 @@ def test_run_sft_attends_per_sample_in_fp32_only(
     from transformers import TrainerCallback
 
     from lmtailor.specs import TrainSpec
+    from lmtailor.train.callbacks import read_metrics
     from lmtailor.train.sft import run_sft
 
     seen = []
@@ -264,10 +268,18 @@ def test_run_sft_attends_per_sample_in_fp32_only(
 
     spec = TrainSpec(model=str(tiny_llama_dir), data=str(tiny_chat_file), output=str(tmp_path / "out"),
                      strategy=strategy, precision=precision, epochs=1, batch_size=4)  # fmt: skip
-    out = run_sft(spec, home=tmp_path / "home", progress=False, log=lambda *_: None, callbacks=[Seen()])
+    logged: list[str] = []
+    out = run_sft(spec, home=tmp_path / "home", progress=False, log=logged.append, callbacks=[Seen()])
     assert seen and set(seen) == {expected}
     saved = out / "merged" if (out / "merged").exists() else out
     assert "lmtailor" not in (saved / "config.json").read_text(encoding="utf-8")
+    # Shared prefixes: the model computes fewer tokens than the samples hold; tokens seen are the samples'.
+    line = next(m for m in logged if "tokens are computed" in m)
+    computed, whole = (int(w) for w in re.findall(r"(\d+) of the (\d+) tokens", line)[0])
+    assert 0 < computed < whole
+    card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
+    assert card["metrics"]["computed_tokens"] == computed
+    assert read_metrics(out / "metrics.jsonl")[-1]["tokens_seen"] == whole
 
 
 def test_padded_batches_keep_their_mask_on_the_fast_path(tokenizer, lively_llama_dir) -> None:

@@ -138,6 +138,15 @@ class PackedCollator:
         return batch
 
 
+def computed_tokens(rows) -> tuple[int, int]:
+    """(tokens the model computes, tokens of the samples) over packed rows that hold shared prefixes once."""
+    computed = whole = 0
+    for row in rows:
+        computed += len(lay_out(row, share=True).ids)
+        whole += len(row["input_ids"])
+    return computed, whole
+
+
 SHARED_PREFIX = "lmtailor_shared_prefix"  # the varlen kwarg that tells train/fastpath.py the prefix's length
 
 

@@ -113,6 +113,13 @@ def run_sft(
         trainer.add_callback(callback)
     texts = [[[m.role, m.content, m.weight] for m in r.messages] for r in rows + recited]
     packed = len(trainer.train_dataset) if spec.packing else None
+    computed = None
+    if packed:
+        from lmtailor.train.collate import computed_tokens
+
+        computed, whole = computed_tokens(trainer.train_dataset)
+        log(f"packed into {packed} rows; with each row's shared prefix once, {computed} of the {whole} tokens are "
+            f"computed ({1 - computed / whole:.0%} fewer)")  # fmt: skip
     record = rows_record(texts, spec, plan.batch_size, max_length=plan.max_length, packed_rows=packed)
     resume = resume_point(out, spec.resume, record, log)
     if is_rank0():  # one process rewrites the file the others never write
@@ -127,6 +134,9 @@ def run_sft(
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trained_tokens": stats.trained_tokens * plan.epochs,
+        "computed_tokens": round(computed * plan.epochs)
+        if computed
+        else None,  # packed: shared prefixes once
         "processes": world_size(),
         "gradient_checkpointing": bool(getattr(trainer.model, "is_activation_checkpointing", False)),
         "wrapped_as": type(
