@@ -16,6 +16,7 @@ from lmtailor.train.collate import (
     SHARED_PREFIX,
     PackedCollator,
     PackedTrainer,
+    can_share_prefix,
     lay_out,
     packed_segments,
     shared_prefix,
@@ -409,3 +410,48 @@ def test_packed_trainer_counts_and_noises_the_unshared_row(
     trainer._track_num_input_tokens(batch)
     trainer._track_num_input_tokens(PackedCollator(tokenizer.pad_token_id)([row]))
     assert trainer.state.num_input_tokens_seen == 2 * len(row["input_ids"])
+
+
+def test_rows_with_different_prefixes_and_padding_through_the_mask(
+    tokenizer, tiny_qwen2_dir, examples
+) -> None:
+    """Rows in one batch: one whose samples share the default system prompt, one whose samples share another
+    (shorter) one, and a one-sample row (no prefix): the same logits at every sample's tokens as unshared."""
+    custom = [Record([Message("system", "You answer in one short sentence."), Message("user", q),
+                      Message("assistant", a)]) for q, a in QA[:2]]  # fmt: skip
+    custom_examples, _ = tokenize_records(tokenizer, custom)
+
+    def row(samples: list[dict]) -> dict:
+        return {"input_ids": sum((s["input_ids"] for s in samples), []),
+                "labels": sum((s["labels"] for s in samples), []),
+                "seq_lengths": [len(s["input_ids"]) for s in samples]}  # fmt: skip
+
+    rows = [row(examples[:3]), row(custom_examples), row(examples[3:4])]
+    prefixes = [lay_out(r, share=True).prefix for r in rows]
+    assert prefixes[0] != prefixes[1] and min(prefixes[:2]) > 0 == prefixes[2]
+    model = load_tiny(tiny_qwen2_dir, "sdpa")
+    plain = PackedCollator(tokenizer.pad_token_id)(rows)
+    shared = PackedCollator(tokenizer.pad_token_id, share_prefix=True)(rows)
+    assert shared["input_ids"].shape[1] < plain["input_ids"].shape[1]
+    with torch.no_grad():
+        ours, theirs = model(**shared).logits, model(**plain).logits
+    for b, r in enumerate(rows):
+        for mine, reference in zip(
+            sample_logits(ours[b], r, True), sample_logits(theirs[b], r, False), strict=True
+        ):
+            torch.testing.assert_close(mine, reference, atol=1e-5, rtol=0)
+    one = PackedCollator(tokenizer.pad_token_id, varlen=True, share_prefix=True)([rows[2]])
+    assert SHARED_PREFIX not in one and one["cu_seq_lens_q"].tolist() == [0, len(rows[2]["input_ids"])]
+
+
+def test_only_models_that_compute_a_prefix_alike_share_it(tiny_llama_dir, tiny_qwen2_dir) -> None:
+    from transformers import AutoConfig, BloomConfig, GPT2Config, MixtralConfig
+
+    for folder in (tiny_llama_dir, tiny_qwen2_dir):
+        config = AutoConfig.from_pretrained(folder)
+        assert can_share_prefix(config, trust_remote_code=False)
+        assert not can_share_prefix(config, trust_remote_code=True)  # its code may ignore the position ids
+    assert not can_share_prefix(BloomConfig(), False)  # ALiBi: distances along the row
+    assert not can_share_prefix(GPT2Config(), False)  # not rotary: not checked, so not shared
+    assert can_share_prefix(MixtralConfig(), False)
+    assert not can_share_prefix(MixtralConfig(output_router_logits=True), False)  # its aux loss counts tokens

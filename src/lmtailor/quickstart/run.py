@@ -2,9 +2,9 @@
 
 Both askings are `lmtailor eval` runs (evaluate/runner.run_eval): the second reuses the base model's cached
 answers and adds intervals and a McNemar test of tuned against base, with report.md / report.html.
-Timings on a 2-core CPU (bf16): convert the embedded model ~40 s (once), base answers ~20 s,
-training 9-14 min (312 steps: 4 epochs over the 300 rows and their recitations, docs/defaults.md; about
-15 min in fp32 on a CPU without bf16), tuned answers ~20 s.
+Timings on a 2-core CPU: convert the embedded model ~40 s (once), base answers ~20 s, training 312 steps (4 epochs
+over the 300 rows and their recitations, docs/defaults.md): about 11 min in fp32 on a CPU without bf16 (timed),
+an estimated 6-10 min in bf16; tuned answers ~20 s.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ start, where each later sample's tokens (positions continuing after the prefix) 
 gradients the samples send back through the prefix add up there, as they would over its copies. Same logits
 at every kept position and the same loss; about a third fewer tokens a quickstart step. What differs: random
 noise on the prefix (NEFTune, dropout) is drawn once per row instead of once per sample. The prefix stops
-before any trained label (and the token after it), so every trained token keeps its context.
+before any trained label (and the token after it), so every trained token keeps its context. Exact only where
+positions come from the position ids and samples meet only through the mask: `can_share_prefix`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import math
 from dataclasses import dataclass
 
 from transformers import Trainer
+
+from lmtailor.train.fastpath import SHARED_PREFIX
 
 IGNORE = -100
 
@@ -54,6 +57,14 @@ class PackedRow:
     positions: list[int]
     lengths: list[int]  # of the segments: the first sample whole, then each later sample without the prefix
     prefix: int  # tokens at the row's start that every sample attends to
+
+
+def can_share_prefix(config, trust_remote_code: bool) -> bool:
+    """Whether a model computes a shared prefix exactly as its copies: transformers' own rotary models, whose
+    positions come from the position ids alone. Not ALiBi or other distance-from-the-row biases, not remote code
+    (which may ignore position ids), not a mixture of experts whose auxiliary loss counts the row's tokens."""
+    rotary = getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None)
+    return bool(rotary) and not trust_remote_code and not getattr(config, "output_router_logits", False)
 
 
 def shared_prefix(samples: list[list[int]], labels: list[list[int]]) -> int:
@@ -147,12 +158,10 @@ def computed_tokens(rows) -> tuple[int, int]:
     return computed, whole
 
 
-SHARED_PREFIX = "lmtailor_shared_prefix"  # the varlen kwarg that tells train/fastpath.py the prefix's length
-
-
 def unshared_lengths(position_ids) -> list[int]:
     """Each row's length with every sample whole (a shared prefix counted once per sample): the sum of the
-    samples' lengths, read from the positions where a sample ends (the next position does not follow on)."""
+    samples' lengths, read from the positions where a sample ends (the next position does not follow on).
+    Padding counts a token a position, as transformers' "all" token count has it."""
     out = []
     for row in position_ids.tolist():
         ends = [p + 1 for p, q in zip(row, [*row[1:], -1], strict=True) if q != p + 1]
@@ -174,10 +183,13 @@ class PackedTrainer(Trainer):
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         # NEFTune's noise is alpha / sqrt(row width x hidden size) a value: scaled to the unshared row's width.
-        if self.neftune_noise_alpha is not None and model.training and "position_ids" in inputs:
-            width, unshared = inputs["input_ids"].shape[1], max(unshared_lengths(inputs["position_ids"]))
+        # Training batches are one row (a batch of several is padded differently shared and unshared: unscaled).
+        if self.neftune_noise_alpha is not None and model.training:
+            scale = 1.0
+            if "position_ids" in inputs and inputs["input_ids"].shape[0] == 1:
+                scale = math.sqrt(inputs["input_ids"].shape[1] / unshared_lengths(inputs["position_ids"])[0])
             embeddings = self.accelerator.unwrap_model(model).get_input_embeddings()
-            embeddings.neftune_noise_alpha = self.neftune_noise_alpha * math.sqrt(width / unshared)
+            embeddings.neftune_noise_alpha = self.neftune_noise_alpha * scale
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 

@@ -18,9 +18,10 @@ at the trained positions, so the same loss and gradients (about a third of the q
 
 from __future__ import annotations
 
-from lmtailor.train.collate import SHARED_PREFIX
-
 PACKED_SDPA = "lmtailor_packed_sdpa"
+SHARED_PREFIX = (
+    "lmtailor_shared_prefix"  # the varlen kwarg with the length of a row's shared prefix (collate.py)
+)
 # Per-sample causal SDPA would ignore these: a call that sets one goes through transformers' SDPA and the mask.
 _FALLBACK_KWARGS = ("sliding_window", "softcap", "s_aux", "position_bias")
 

@@ -114,7 +114,7 @@ def run_sft(
     texts = [[[m.role, m.content, m.weight] for m in r.messages] for r in rows + recited]
     packed = len(trainer.train_dataset) if spec.packing else None
     computed = None
-    if packed:
+    if packed and trainer.data_collator.share_prefix:  # train/collate.py: can_share_prefix
         from lmtailor.train.collate import computed_tokens
 
         computed, whole = computed_tokens(trainer.train_dataset)
@@ -299,7 +299,7 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
     from transformers.trainer_callback import PrinterCallback
 
     from lmtailor.train.callbacks import MetricsCallback, ProgressCallback
-    from lmtailor.train.collate import PackedCollator, PackedTrainer, PaddedCollator
+    from lmtailor.train.collate import PackedCollator, PackedTrainer, PaddedCollator, can_share_prefix
 
     train_ds = Dataset.from_list(train_ex)
     val_ds = Dataset.from_list(val_ex) if val_ex else None
@@ -321,7 +321,8 @@ def _build_trainer(spec, plan, model, tok, train_ex, val_ex, out: Path, precisio
         seq_len = packed_row_length(plan.max_length, per_rank, lengths)
         train_ds = pack_dataset(train_ds, seq_len, "bfd")
         val_ds = pack_dataset(val_ds, seq_len, "bfd") if val_ds is not None else None
-        collator, per_device = PackedCollator(tok.pad_token_id, varlen=varlen, share_prefix=True), 1
+        share = can_share_prefix(model.config, spec.trust_remote_code)
+        collator, per_device = PackedCollator(tok.pad_token_id, varlen=varlen, share_prefix=share), 1
     else:
         collator, per_device = PaddedCollator(tok.pad_token_id), per_rank
     steps_per_epoch = max(1, math.ceil(len(train_ds) / (per_device * spec.grad_accum * world)))
