@@ -19,9 +19,8 @@ at the trained positions, so the same loss and gradients (about a third of the q
 from __future__ import annotations
 
 PACKED_SDPA = "lmtailor_packed_sdpa"
-SHARED_PREFIX = (
-    "lmtailor_shared_prefix"  # the varlen kwarg with the length of a row's shared prefix (collate.py)
-)
+# The varlen kwarg with the length of a row's shared prefix (train/collate.py).
+SHARED_PREFIX = "lmtailor_shared_prefix"
 # Per-sample causal SDPA would ignore these: a call that sets one goes through transformers' SDPA and the mask.
 _FALLBACK_KWARGS = ("sliding_window", "softcap", "s_aux", "position_bias")
 
@@ -42,8 +41,8 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
     sdpa = torch.nn.functional.scaled_dot_product_attention
     outs = []
     for i, (q, k, v) in enumerate(zip(*(t.split(lengths, dim=2) for t in (query, key, value)), strict=True)):
-        later = bool(i and prefix)  # a later sample continues the prefix: causal over both, then the prefix's
-        if later:  # own rows (which the first sample has computed) dropped
+        later = bool(i and prefix)  # a later sample continues the prefix: causal over both, the prefix's rows
+        if later:  # dropped after (the first sample computed them)
             q, k, v = (torch.cat((whole[:, :, :prefix], part), dim=2) for whole, part in
                        ((query, q), (key, k), (value, v)))  # fmt: skip
         out = sdpa(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)

@@ -134,9 +134,8 @@ def run_sft(
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trained_tokens": stats.trained_tokens * plan.epochs,
-        "computed_tokens": round(computed * plan.epochs)
-        if computed
-        else None,  # packed: shared prefixes once
+        # packed rows hold each shared prefix once (train/collate.py): fewer tokens computed than trained on
+        "computed_tokens": round(computed * plan.epochs) if computed else None,
         "processes": world_size(),
         "gradient_checkpointing": bool(getattr(trainer.model, "is_activation_checkpointing", False)),
         "wrapped_as": type(
