@@ -27,6 +27,9 @@ def test_exact_match_and_contains_by_hand():
     assert M.contains(preds, refs).per_example.tolist() == [1, 1, 1, 1, 1, 0]  # word boundary: not "Parisian"
     assert M.exact_match(preds, refs).value == pytest.approx(3 / 6)
     assert M.contains(preds, refs).value == pytest.approx(5 / 6)
+    # a number or a Latin word in a Chinese answer has no spaces around it: Chinese characters bound it too
+    mixed = ["一共有8个苹果", "一共有18个", "答案是Paris。", "答案是Parisian"]
+    assert M.contains(mixed, ["8", "8", "Paris", "Paris"]).per_example.tolist() == [1, 0, 1, 0]
 
 
 @pytest.mark.parametrize(

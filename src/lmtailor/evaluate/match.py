@@ -21,7 +21,10 @@ def contains(prediction: str, reference: str) -> bool:
         return False
     if _is_cjk(ref):
         return ref.replace(" ", "") in pred.replace(" ", "")
-    return f" {ref} " in f" {pred} "
+    # a word or number stands between spaces, or next to Chinese characters, which have no spaces ("一共有8个")
+    return (
+        re.search(rf"(?:^|(?<=[\s\u3400-\u9fff])){re.escape(ref)}(?=$|[\s\u3400-\u9fff])", pred) is not None
+    )
 
 
 def _is_cjk(text: str) -> bool:
