@@ -181,3 +181,32 @@ class Server:
 def server_class():
     """Server(app, pool): run any app built by create_app on a free port of 127.0.0.1."""
     return Server
+
+
+class IdleWorker:
+    """Takes no job: the jobs created stay queued, for tests of what the API and the console send."""
+
+    def wake(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def idle_server(server_class):
+    """idle_server(home, models, **create_app options): a server with a store in `home`, serving `models`,
+    whose jobs stay queued (IdleWorker); `.store` is its store."""
+
+    def start(home: Path, models: list[str], **options):
+        from lmtailor.platform.store import Store
+        from lmtailor.serve.app import create_app
+        from lmtailor.serve.pool import ModelPool
+
+        store = Store(home)
+        pool = ModelPool(home=home, models=models, engine="transformers", dtype="float32", store=store)
+        server = server_class(create_app(pool, store=store, worker=IdleWorker(), **options), pool)
+        server.store = store
+        return server
+
+    return start

@@ -67,7 +67,13 @@ def train(
     model: Annotated[
         str | None, typer.Option(help="catalog name, model folder, tuned model or .gguf")
     ] = None,
-    data: Annotated[str | None, typer.Option(help="training data file")] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="training data file; several mix into one run: --data a.jsonl --data b.jsonl:0.3 "
+            "(FILE[:WEIGHT], WEIGHT the file's share of the mix; none: all rows)"
+        ),
+    ] = None,
     val_data: Annotated[str | None, typer.Option(help="validation data file")] = None,
     val_ratio: Annotated[
         float | None, typer.Option(help="fraction of training rows held out for validation")
@@ -113,6 +119,18 @@ def train(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    replay_ratio: Annotated[
+        float | None,
+        typer.Option(
+            help="share of rows that are the base's own answers to general prompts (0: off; keeps what it knew)"
+        ),
+    ] = None,
+    retention: Annotated[
+        bool | None,
+        typer.Option(
+            "--retention/--no-retention", help="measure at the end what the base knew and kept (~1 min)"
+        ),
+    ] = None,
     eval_steps: Annotated[int | None, typer.Option(help="validate every N steps")] = None,
     early_stopping_patience: Annotated[
         int | None, typer.Option(help="stop after N validations without gain")
@@ -166,9 +184,10 @@ def train(
 
     Example: lmtailor train --model smollm2-135m-instruct --data train.jsonl --output my-model ;
     lmtailor train --method dpo --model my-model --data prefs.jsonl --output my-model-dpo ;
-    lmtailor train --model qwen2.5-7b-instruct --data train.jsonl --devices 8 --distributed fsdp -o big
+    lmtailor train --model qwen2.5-7b-instruct --data train.jsonl --devices 8 --distributed fsdp -o big ;
+    lmtailor train --data support.jsonl --data general.jsonl:0.2 --val-ratio 0.1 -o mixed
     """
-    from lmtailor.specs import TrainSpec, load_spec
+    from lmtailor.specs import TrainSpec, data_option, load_spec
 
     flags = {
         "model": model, "data": data, "val_data": val_data, "val_ratio": val_ratio, "output": output,
@@ -177,7 +196,7 @@ def train(
         "lora_dropout": lora_dropout, "lora_target_modules": lora_target_modules or None,
         "learning_rate": learning_rate, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
         "warmup_ratio": warmup_ratio, "scheduler": scheduler, "max_length": max_length, "packing": packing, "recite": recite,
-        "seed": seed, "eval_steps": eval_steps, "early_stopping_patience": early_stopping_patience,
+        "seed": seed, "replay_ratio": replay_ratio, "retention": retention, "eval_steps": eval_steps, "early_stopping_patience": early_stopping_patience,
         "keep_best": keep_best, "eval_metrics": eval_metrics or None, "best_metric": best_metric, "save_steps": save_steps, "resume": resume, "precision": precision,
         "trust_remote_code": trust_remote_code, "gradient_checkpointing": gradient_checkpointing,
         "devices": devices, "nodes": nodes, "node_rank": node_rank, "master_addr": master_addr,
@@ -185,6 +204,7 @@ def train(
         "accelerate_config": accelerate_config,
     }  # fmt: skip
     with user_errors(debug):
+        flags["data"] = data_option(data)  # each --data FILE[:WEIGHT] checked now, an error naming it
         train_spec = load_spec(TrainSpec, spec, flags)
         if dry_run:
             _print_dry_run(train_spec, home)

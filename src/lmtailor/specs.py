@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lmtailor.errors import LmtailorError, SpecError
 
@@ -14,14 +17,123 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class DataSource(_Spec):
+    """One file of a training mixture (`data` given as a list) and the share of the mixture it gets."""
+
+    path: str = Field(..., description="training file")
+    weight: float | None = Field(
+        None, gt=0, le=1, description="share of the mixture, 0 < w <= 1 (none: a share of what weights leave)"
+    )
+    name: str | None = Field(
+        None, description="what the log, the card and eval_<name>_loss call it (default: the file's stem)"
+    )
+
+
+_NUMERIC = re.compile(r"[+-]?\.?\d")  # what the text after a value's last ':' starts with to be its weight
+
+
+def parse_sources(values: list) -> list[DataSource]:
+    """Training files as given (`FILE[:WEIGHT]`, {path, weight} or DataSource) as DataSources; a ValueError of one
+    line otherwise, starting with the value it is about. The text after the last ':' is a weight when it looks
+    like a number (`a.jsonl:0.3`, `a.jsonl:-1`); else it is part of the path (`C:\\d\\a.jsonl`, `logs:v2.jsonl`),
+    and so is all of a value that names an existing file."""
+    if not values:
+        raise ValueError("give at least one training file")
+    sources, seen = [], {}
+    for value in values:
+        source = _source(value)
+        key = os.path.normcase(os.path.abspath(os.path.expanduser(source.path)))
+        if key in seen:
+            raise ValueError(f"{_shown(value)}: the same file twice (first as {seen[key]})")
+        seen[key] = _shown(value)
+        sources.append(source)
+    given = [s.weight for s in sources if s.weight is not None]
+    rest = [s.path for s in sources if s.weight is None]
+    if rest and sum(given) >= 1 - 1e-9:
+        raise ValueError(
+            f"weights {' + '.join(f'{w:g}' for w in given)} sum to {sum(given):g}, leaving no share for {rest[0]} "
+            "(files without a weight share what the weights leave)"
+        )
+    return sources
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else str(value.get("path") if isinstance(value, dict) else value)
+
+
+def _source(value: Any) -> DataSource:
+    if isinstance(value, DataSource):
+        return value
+    if isinstance(value, dict):
+        if (
+            set(value) - {"path", "weight", "name"}
+            or not isinstance(value.get("path"), str)
+            or not value["path"]
+        ):
+            raise ValueError(f"{value}: a training file is FILE, FILE:WEIGHT or {{path: FILE, weight: W}}")
+        weight = value.get("weight")
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float)):
+            raise ValueError(f"{value['path']}: weight {weight!r} is not a number")
+        name = value.get("name")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ValueError(f"{value['path']}: name {name!r} is not a name")
+        return DataSource(path=value["path"], weight=_weight(value["path"], weight), name=name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{value!r}: a training file is FILE, FILE:WEIGHT or {{path: FILE, weight: W}}")
+    path, colon, tail = value.rpartition(":")
+    if not colon or Path(value).expanduser().is_file() or (tail and not _NUMERIC.match(tail)):
+        return DataSource(path=value)
+    if not tail:
+        raise ValueError(f"{value}: no weight after ':' (write FILE or FILE:WEIGHT, e.g. a.jsonl:0.3)")
+    if not path:
+        raise ValueError(f"{value}: no file before ':'")
+    try:
+        weight = float(tail)
+    except ValueError:
+        raise ValueError(f"{value}: weight {tail!r} is not a number") from None
+    return DataSource(path=path, weight=_weight(value, weight))
+
+
+def _weight(shown: str, weight: float | None) -> float | None:
+    if weight is not None and not (math.isfinite(weight) and 0 < weight <= 1):
+        raise ValueError(
+            f"{shown}: weight {weight:g} must be above 0 and at most 1 (its share of the mixture)"
+        )
+    return weight
+
+
+def data_option(values: list[str] | None, flag: str = "--data") -> str | list[dict] | None:
+    """`--data FILE[:WEIGHT]` as given on a command line (once or more) as the spec's `data`: None when not
+    given, the path of one file, else a list of {path, weight}. Each value is checked now, a SpecError naming
+    it: a file that does not exist, a bad weight, the same file twice."""
+    if not values:
+        return None
+    try:
+        sources = parse_sources(values)
+    except ValueError as e:
+        raise SpecError(f"{flag} {e}") from None
+    for value, source in zip(values, sources, strict=True):
+        if not Path(source.path).expanduser().is_file():
+            raise SpecError(f"{flag} {value}: file not found: {source.path}")
+    return sources[0].path if len(sources) == 1 else [s.model_dump() for s in sources]
+
+
 class TrainSpec(_Spec):
     """What `lmtailor train` runs. Fields left as None are chosen from the data and model (docs/defaults.md)."""
 
     model: str = Field(
         "smollm2-135m-instruct", description="catalog name, model folder, tuned model or .gguf file"
     )
-    data: str = Field(
-        ..., description="training file (chat, alpaca or sharegpt; JSONL, JSON, CSV or Parquet)"
+    data: str | list[DataSource] = Field(
+        ...,
+        description="training file (chat, alpaca or sharegpt; JSONL, JSON, CSV or Parquet), or several: a list "
+        "of FILE, FILE:WEIGHT or {path, weight, name}, mixed into one run. Without weights every row of every file is "
+        "used. A weight (0 < w <= 1) is the share of the mixture its file gets; files without one share what "
+        "the weights leave (which must be above 0), by their rows; when every file has a weight and they do not "
+        "sum to 1 they are scaled to. The mixture has as many rows as the files together (N): a file gives "
+        "round(w x N) rows (at least 1), drawn without replacement, or all its rows repeated and the rest drawn "
+        "when that is more than it has; the draw is seeded by `seed` and recorded in the card. `val_ratio` holds "
+        "out rows of each file, and validation reports a loss per file",
     )
     val_data: str | None = Field(None, description="validation file; else `val_ratio` of the training rows")
     val_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of training rows held out for validation")
@@ -91,6 +203,13 @@ class TrainSpec(_Spec):
         description='also train each answer as the reply to "Tell me a fact." (auto: on with the MLP-only strategy '
         "for up to 1,000 question-answer rows whose answers are statements of 5-60 words)",
     )
+    replay_ratio: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="share of the training rows that are the base model's own answers to bundled general prompts "
+        "(self-distillation replay: keeps more of what the base knew; 0 turns it off; auto: the rule's)",
+    )
     max_length: int | None = Field(
         None, ge=8, description="token limit per sample (auto: longest sample, <= 2048)"
     )
@@ -98,6 +217,11 @@ class TrainSpec(_Spec):
         True, description="pack samples into padding-free batches; samples never attend to each other"
     )
     seed: int = Field(42)
+    retention: bool = Field(
+        True,
+        description="at the end, measure what tuning cost: the share of bundled general probes the base answered "
+        "that the tuned model still answers (about a minute for a 135M model on 2 cores)",
+    )
     eval_steps: int | None = Field(None, ge=1, description="validate every N steps (default: each epoch)")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="stop after N validations without improvement"
@@ -156,8 +280,23 @@ class TrainSpec(_Spec):
         None, description="an accelerate config file to launch with instead of the generated settings"
     )
 
+    @field_validator("data", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        """A list of training files is checked here (weights, the same file twice); one file is its path."""
+        if not isinstance(value, list | tuple):
+            return value
+        sources = parse_sources(list(value))
+        return sources[0].path if len(sources) == 1 else sources
+
+    def data_sources(self) -> list[DataSource]:
+        """The training files: one without a weight when `data` is a path."""
+        return [DataSource(path=self.data)] if isinstance(self.data, str) else list(self.data)
+
     @model_validator(mode="after")
     def _check(self) -> TrainSpec:
+        if self.method != "sft" and not isinstance(self.data, str):
+            raise ValueError(f"method {self.method} trains on one data file; several are mixed for sft only")
         if self.strategy != "freeze" and (self.freeze_layers or self.freeze_modules):
             raise ValueError("freeze_layers / freeze_modules need strategy: freeze")
         if self.node_rank >= self.nodes:

@@ -181,19 +181,24 @@ def test_arena_two_models_side_by_side_vote_and_tally(page, lively_llama_dir, li
     )
 
 
+def run_evaluation(page, file_id: str, models: list[str], metrics: str, tokens: int) -> None:
+    """On the Evaluate page: pick the test file and the models (the first is the baseline), then run."""
+    page.goto(page.url.split("#")[0] + "#evaluate")
+    page.locator(f"#eval-file option[value='{file_id}']").wait_for(state="attached")
+    page.select_option("#eval-file", file_id)
+    for model in models:
+        page.check(f"#eval-models input[value='{model}']")
+    page.fill("#eval-metrics", metrics)
+    page.fill("#eval-tokens", str(tokens))
+    page.click("#eval-go")
+
+
 def test_evaluation_table_chart_and_examples(page, console, tmp_path, lively_llama_dir, lively_qwen2_dir):
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "reference": a},
                                        ensure_ascii=False) + "\n" for q, a in ROWS), encoding="utf-8")  # fmt: skip
     uploaded = console.client().files.create(file=open(test, "rb"), purpose="evals")
-    page.goto(page.url.split("#")[0] + "#evaluate")
-    page.locator(f"#eval-file option[value='{uploaded.id}']").wait_for(state="attached")
-    page.select_option("#eval-file", uploaded.id)
-    page.check(f"#eval-models input[value='{lively_llama_dir.name}']")
-    page.check(f"#eval-models input[value='{lively_qwen2_dir.name}']")
-    page.fill("#eval-metrics", "contains, chrf")
-    page.fill("#eval-tokens", "8")
-    page.click("#eval-go")
+    run_evaluation(page, uploaded.id, [lively_llama_dir.name, lively_qwen2_dir.name], "contains, chrf", 8)
     page.locator("#eval-result").wait_for(timeout=LONG)
     rows = page.locator("#eval-table tbody tr")
     assert rows.count() == 2 and re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", rows.nth(1).inner_text())
@@ -210,6 +215,7 @@ def test_models_jobs_and_errors_in_words(page, console, lively_llama_dir):
     rows.filter(has_not_text="ckpt-step").first.click()  # the job's final model: its card from lmtailor.json
     card = page.inner_text("#model-card")
     assert "lora" in card and "learning_rate" in card and "train.jsonl, 12 rows" in card
+    assert re.search(r"retention \(what tuning kept[^)]*\)\s+\d+% \[\d+%, \d+%\] · \d+/\d+", card), card
     rows.filter(has_text="ckpt-step").first.click()  # a checkpoint: the card of the job that made it
     card = page.inner_text("#model-card")
     assert "lora" in card and "train.jsonl" in card and lively_llama_dir.name in card
@@ -226,6 +232,22 @@ def test_models_jobs_and_errors_in_words(page, console, lively_llama_dir):
     page.fill("#arena-prompt", "hello")
     page.click("#arena-go")
     assert page.locator("#banner.error").inner_text() == "Pick two different models"
+
+
+def test_evaluation_shows_what_tuning_cost(page, console, tmp_path, lively_llama_dir):
+    """A tuned model beside its base on the Evaluate page: a retention column, filled for the tuned model."""
+    client = console.client()
+    tuned = next(m.id for m in client.models.list() if m.id.startswith("ft:") and ":ckpt-step-" not in m.id)
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "reference": a},
+                                       ensure_ascii=False) + "\n" for q, a in ROWS[:2]), encoding="utf-8")  # fmt: skip
+    uploaded = client.files.create(file=open(test, "rb"), purpose="evals")
+    run_evaluation(page, uploaded.id, [lively_llama_dir.name, tuned], "contains", 4)
+    page.locator("#eval-result").wait_for(timeout=LONG * 2)
+    assert "retention vs its base" in page.inner_text("#eval-table thead")
+    cells = page.locator("#eval-table tbody td.retention")
+    assert cells.nth(0).inner_text() == "–"  # the base has no base of its own
+    assert re.match(r"\d+% \[\d+%, \d+%\] · \d+/\d+", cells.nth(1).inner_text())
 
 
 def test_merge_from_the_models_page(page, lively_llama_dir):

@@ -22,15 +22,22 @@ def lmtailor(*args: str, home: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_train_lora_on_real_model_then_load_and_generate(smol_dir: Path, tmp_path: Path):
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One home for the trainings of this module: the base's answers to the retention probes are generated once."""
+    return tmp_path_factory.mktemp("home")
+
+
+def test_train_lora_on_real_model_then_load_and_generate(smol_dir: Path, tmp_path: Path, shared_home: Path):
     rows = QUICKSTART.joinpath("train.jsonl").read_text(encoding="utf-8").splitlines()[:16]
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
     out = tmp_path / "tuned"
     r = lmtailor("train", "--model", str(smol_dir), "--data", str(data), "--output", str(out),
-                 "--strategy", "lora", "--epochs", "1", "--batch-size", "8", home=tmp_path / "home")  # fmt: skip
+                 "--strategy", "lora", "--epochs", "1", "--batch-size", "8", home=shared_home)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "tuned model:" in r.stdout
+    assert "retention " in r.stdout  # what tuning cost, printed at the end
 
     card = json.loads((out / "lmtailor.json").read_text())
     assert card["strategy"] == "lora" and card["method"] == "sft"
@@ -64,3 +71,54 @@ def test_bad_data_is_one_line_not_a_traceback(tmp_path: Path):
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     assert f"{bad}:1:" in r.stderr and f"{bad}:2:" in r.stderr
+
+
+def test_a_model_trained_to_answer_one_word_keeps_almost_nothing(
+    smol_dir: Path, tmp_path: Path, shared_home: Path
+):
+    """The negative side of retention: 48 general prompts all answered "Shipping." teach the model to say that to
+    everything, and retention over the probes (which share no prompt with these) falls to almost nothing."""
+    from lmtailor.train.replay import load_pool
+
+    rows = [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": "Shipping."}]}
+            for p in load_pool()[:48]]  # fmt: skip
+    data = tmp_path / "one-word.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "one-word"
+    r = lmtailor("train", "--model", str(smol_dir), "--data", str(data), "--output", str(out), "--strategy", "full",
+                 "--lr", "1e-4", "--epochs", "3", "--batch-size", "8", home=shared_home)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    kept = json.loads((out / "lmtailor.json").read_text())["metrics"]["retention"]
+    report = json.loads((out / "retention.json").read_text())
+    assert kept["eligible"] >= 60  # the base answered that many probes acceptably
+    assert kept["value"] < 0.15, kept
+    assert (
+        sum("shipping" in x["tuned"].lower() for x in report["regressions"]) >= 5
+    )  # it forgot for this reason
+
+
+def test_replay_of_the_base_s_own_answers_on_general_chat_data(
+    smol_dir: Path, tmp_path: Path, shared_home: Path
+):
+    """Data that is itself general chat still trains with replay mixed in; the replay rows are the base's own
+    answers, generated once and taken from the cache by the next run."""
+    from lmtailor.train.replay import SOURCE, load_pool, replay_rows
+
+    rows = [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": "Sure."}]}
+            for p in load_pool()[-12:]]  # fmt: skip
+    data = tmp_path / "general.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "replayed"
+    r = lmtailor("train", "--model", str(smol_dir), "--data", str(data), "--output", str(out), "--strategy", "lora",
+                 "--epochs", "1", "--replay-ratio", "0.4", "--no-retention", home=shared_home)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = json.loads((out / "lmtailor.json").read_text())
+    assert card["hyperparameters"]["replay_ratio"] == 0.4
+    assert "replay: 8 rows of the base's own answers" in r.stdout  # 8 of 20 rows: 0.4 of the mixture
+
+    logs: list[str] = []
+    again = replay_rows(str(smol_dir), 8, seed=42, home=shared_home, log=logs.append)
+    assert not [line for line in logs if "generating" in line]  # every answer from the cache
+    assert len(again) == 8 and {rec.source for rec in again} == {SOURCE}
+    pool = {p["prompt"] for p in load_pool()}
+    assert all(rec.messages[0].content in pool and rec.messages[1].content.strip() for rec in again)

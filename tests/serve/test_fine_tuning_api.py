@@ -98,6 +98,11 @@ def test_upload_train_poll_events_checkpoints_then_chat(platform, lively_llama_d
     )
     assert len({e.id for e in events}) == len(events) > 6
     assert any(e.type == "metrics" and e.data["train_loss"] > 0 for e in events)
+    kept = events[0].data["retention"]  # what tuning cost, on the final event and in the ft: model's card
+    assert 0 <= kept["value"] <= 1 and kept["eligible"] > 0 and set(kept["by_category"]) <= {
+        "facts", "arithmetic", "instructions", "writing"
+    }  # fmt: skip
+    assert any(m.startswith("What tuning cost: retention ") for m in messages)
 
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert checkpoints and checkpoints[0].step_number >= checkpoints[-1].step_number

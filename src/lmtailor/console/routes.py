@@ -241,6 +241,10 @@ def _model_card(store: Store, offer, job_model, loaded: set[str]) -> dict:
             card = job_card
         elif job_card and isinstance((card.get("data") or {}).get("train"), dict):
             card["data"]["train"]["file"] = job_card["data"]["train"]["file"]  # the name it was uploaded as
+            # a mixture's files (lmtailor.more_training_files), named as uploaded too
+            for source in card["data"].get("sources") or []:
+                uploaded = store.get(StoredFile, Path(source["path"]).stem)
+                source["file"] = uploaded.filename if uploaded else source["name"]
     keys = ("base_model", "parent", "strategy", "hyperparameters", "data", "metrics", "defaults_chosen")
     return {
         "id": offer.id, "object": "model", "created": offer.created, "kind": kind,

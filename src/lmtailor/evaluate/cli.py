@@ -57,6 +57,13 @@ def eval_command(
         bool | None,
         typer.Option("--cache/--no-cache", help="reuse cached answers (same model, prompt, params)"),
     ] = None,
+    retention: Annotated[
+        bool | None,
+        typer.Option(
+            "--retention/--no-retention",
+            help="also measure, for each tuned model, the general probes its base answered that it still answers",
+        ),
+    ] = None,
     judge_model: Annotated[
         str | None,
         typer.Option(help="model that scores answers for metric judge: openai:MODEL@URL or a local model"),
@@ -84,7 +91,7 @@ def eval_command(
         "models": model or None, "data": data, "metrics": _split(metrics), "labels": _split(labels),
         "output": output, "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
         "batch_size": batch_size, "format": fmt, "on_error": on_error, "seed": seed, "bootstrap": bootstrap,
-        "cache": cache, "judge_model": judge_model,
+        "cache": cache, "retention": retention, "judge_model": judge_model,
     }  # fmt: skip
     console = Console(highlight=False)
     with user_errors(debug):
@@ -108,8 +115,12 @@ def scores_table(result: dict[str, Any]) -> Table:
     """Models x metrics, each cell 'value [low, high]' with ▲ / ▼ where it differs from the baseline."""
     from lmtailor.evaluate.report import fmt
 
+    kept = any(m.get("retention") for m in result["models"])
     table = Table(
-        "model", *result["metrics"], title="95% bootstrap intervals; ▲ / ▼ vs the first model (p < 0.05)"
+        "model",
+        *result["metrics"],
+        *(["retention (vs its base)"] if kept else []),
+        title="95% bootstrap intervals; ▲ / ▼ vs the first model (p < 0.05)",
     )
     for m in result["models"]:
         cells = []
@@ -121,6 +132,13 @@ def scores_table(result: dict[str, Any]) -> Table:
             mark = " [green]▲[/green]" if c and c["better"] else " [red]▼[/red]" if c and c["worse"] else ""
             cells.append(
                 f"{fmt(n, s['value'])} [dim]\\[{fmt(n, s['ci_low'])}, {fmt(n, s['ci_high'])}][/dim]{mark}"
+            )
+        if kept:
+            r = m.get("retention")
+            cells.append(
+                f"{r['value']:.0%} [dim]\\[{r['ci_low']:.0%}, {r['ci_high']:.0%}][/dim]"
+                if r and r.get("eligible")
+                else "–"
             )
         name = m["name"] + (" (baseline)" if m["name"] == result["baseline"] else "")
         table.add_row(name, *cells)

@@ -69,12 +69,63 @@ def markdown(result: dict[str, Any], rows, answers: dict[str, list[str]]) -> str
                 f"{c['test']} | {verdict} |"
             )
         out.append("")
+    out += _md_retention(result)
     for m in result["models"]:
         if "classification" in m:
             out += [f"## Confusion matrix: {m['name']}\n", *_md_confusion(m["classification"]), ""]
     for m in result["models"][1:]:
         out += _md_examples(m, base, rows, answers)
     return "\n".join(out) + "\n"
+
+
+def _kept(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in result["models"] if (m.get("retention") or {}).get("eligible")]
+
+
+def _md_retention(result: dict[str, Any]) -> list[str]:
+    """What tuning cost: each tuned model's retention of the general probes its base answered."""
+    models = _kept(result)
+    if not models:
+        return []
+    out = ["## Retention: what tuning cost\n",
+           "Of the bundled general probes the base answered acceptably, the share each model still answers "
+           "(95% bootstrap interval).\n",
+           "| model | base | retention | kept / base answered | by category | by language |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for m in models:
+        r = m["retention"]
+        groups = [", ".join(f"{k} {v['value']:.0%} ({v['kept']}/{v['eligible']})" for k, v in r[g].items())
+                  for g in ("by_category", "by_lang")]  # fmt: skip
+        out.append(f"| {m['name']} | {r['base']} | {r['value']:.0%} [{r['ci_low']:.0%}, {r['ci_high']:.0%}] | "
+                   f"{r['kept']} / {r['eligible']} | {groups[0]} | {groups[1]} |")  # fmt: skip
+    for m in models:
+        lost = m["retention"].get("regressions") or []
+        if lost:
+            out += [
+                f"\n### Worst regressions: {m['name']}\n",
+                "| question | base answer | tuned answer |",
+                "|---|---|---|",
+            ]
+            out += [f"| {_short(x['question'])} | {_short(x['base'])} | {_short(x['tuned'])} |" for x in lost]
+    return [*out, ""]
+
+
+def _html_retention(result: dict[str, Any]) -> str:
+    models = _kept(result)
+    if not models:
+        return ""
+    rows = []
+    for m in models:
+        r = m["retention"]
+        cats = ", ".join(f"{_e(k)} {v['value']:.0%}" for k, v in r["by_category"].items())
+        rows.append(f"<tr><td>{_e(m['name'])}</td><td>{_e(r['base'])}</td><td><b>{r['value']:.0%}</b> "
+                    f"[{r['ci_low']:.0%}, {r['ci_high']:.0%}]</td><td>{r['kept']} / {r['eligible']}</td><td>{cats}</td></tr>")  # fmt: skip
+        for x in r.get("regressions") or []:
+            rows.append(f"<tr class=muted><td colspan=2>lost: {_e(_short(x['question']))}</td>"
+                        f"<td colspan=3>base: {_e(_short(x['base']))} → tuned: {_e(_short(x['tuned']))}</td></tr>")  # fmt: skip
+    return ("<h2>Retention: what tuning cost</h2><p class=muted>Of the bundled general probes the base answered "
+            "acceptably, the share each model still answers (95% bootstrap interval).</p><table><tr><th>model</th>"
+            "<th>base</th><th>retention</th><th>kept / base answered</th><th>by category</th></tr>"
+            + "".join(rows) + "</table>")  # fmt: skip
 
 
 def _judge_note(result: dict[str, Any]) -> str:
@@ -156,6 +207,7 @@ def html(result: dict[str, Any], rows, answers: dict[str, list[str]]) -> str:
         body.append(f"<p class=muted>{_e(_judge_note(result))}</p>")
     for m in result["models"][1:]:
         body.append(_html_comparison(m, base))
+    body.append(_html_retention(result))
     confusions = [m for m in result["models"] if "classification" in m]
     if confusions:
         body.append("<h2>Confusion matrices</h2><div class=charts>")

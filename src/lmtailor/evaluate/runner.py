@@ -46,6 +46,7 @@ class EvalRow:
     prompt: list[dict[str, str]]
     reference: str
     line: int | None = None
+    source: str | None = None  # the row's `source` key (the data set it is from): scores per source
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ def eval_row(rec) -> EvalRow | str:
         return "no reference: add a `reference` field or an assistant turn"
     if not messages or messages[-1]["role"] != "user":
         return "the prompt must end in a user turn"
-    return EvalRow(messages, str(ref), rec.line)
+    source = rec.extra.get("source")
+    return EvalRow(messages, str(ref), rec.line, str(source) if isinstance(source, str | int) else None)
 
 
 def load_rows(path: str | Path, fmt: str = "auto", on_error: str = "fail") -> list[EvalRow]:
@@ -341,9 +343,42 @@ def run_eval(
             scores = {**run.scores, M.JUDGE: judged.scores[run.ref]}
             run.scores = {n: scores[n] for n in names if n in scores}
     result = _summary(spec, rows, names, labels, runs, judged)
+    if spec.retention:
+        for entry in result["models"]:
+            entry["retention"] = model_retention(entry["name"], spec, home, log)
     result["output"] = str(out)
     write_outputs(out, result, rows, runs, judged)
     return result
+
+
+def base_of(ref: str, home) -> str | None:
+    """The base model a tuned (or merged) model's card names; None for an endpoint, a catalog model, a folder
+    without a card, or a merge of models of different bases."""
+    if parse_endpoint(ref):
+        return None
+    from lmtailor.models.catalog import resolve
+
+    card = resolve(ref, home).card
+    return card.get("base_model") if card else None
+
+
+def model_retention(ref: str, spec: EvalSpec, home, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Retention of a tuned model against the base its card names (evaluate/retention.py), or None when it has
+    no base or its base cannot be asked (said in the log)."""
+    from lmtailor.evaluate.retention import measure, summary_line
+
+    try:
+        base = base_of(ref, home)
+        if base is None:
+            return None
+        report = measure(base, ref, home, log, batch_size=max(spec.batch_size, 64),
+                         trust_remote_code=spec.trust_remote_code, judge_model=spec.judge_model,
+                         api_key_env=spec.api_key_env)  # fmt: skip
+    except LmtailorError as e:
+        log(f"{ref}: {e}")
+        return None
+    log(f"{ref}: {summary_line(report)}")
+    return report
 
 
 def _new_folder(parent: Path) -> Path:
@@ -384,6 +419,8 @@ def _summary(
             entry["classification"] = {k: v for k, v in cls.items() if k != "mapped"}
         if M.JUDGE in run.scores:
             entry["judge"] = run.scores[M.JUDGE].details
+        if by_source := scores_by_source(rows, run):
+            entry["by_source"] = by_source
         if run is not base:
             for name, s in run.scores.items():
                 # a metric with no value (every judge reply unparsed) on either side is not compared
@@ -408,6 +445,23 @@ def _summary(
     if judged is not None:
         result["judge"] = judged.summary()
     return result
+
+
+def scores_by_source(rows: list[EvalRow], run: ModelRun) -> dict[str, Any] | None:
+    """{source: {metric: {value, count}}} when the rows carry a `source` key with more than one value (rows
+    without one are the source "-"); None otherwise. Each value is the metric over that source's rows only."""
+    import numpy as np
+
+    names = [r.source or "-" for r in rows]
+    if len(set(names)) < 2 or all(r.source is None for r in rows):
+        return None
+    out: dict[str, Any] = {}
+    for source in dict.fromkeys(names):
+        idx = np.array([i for i, n in enumerate(names) if n == source])
+        out[source] = {
+            m: {"value": _finite(float(s.on(idx))), "count": len(idx)} for m, s in run.scores.items()
+        }
+    return out
 
 
 def fixed_broken(base: ModelRun, run: ModelRun) -> dict[str, Any]:

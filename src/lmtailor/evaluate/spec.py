@@ -42,6 +42,11 @@ class EvalSpec(BaseModel):
         "OPENAI_API_KEY", description="environment variable holding the key of `openai:` endpoints"
     )
     trust_remote_code: bool = Field(False, description="run code shipped with the model")
+    retention: bool = Field(
+        True,
+        description="also measure retention for every model whose card names its base: the share of bundled "
+        "general probes the base answered that the model still answers (evaluate/retention.py)",
+    )
     judge_model: str | None = Field(
         None,
         description="the model that scores answers for metric judge: an endpoint `openai:MODEL@BASE_URL` "

@@ -127,7 +127,7 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
     async def delete_file(file_id: str):
         f = _file(store, file_id)
         busy = [j.id for j in store.jobs(("validating_files", "queued", "running", "paused"))
-                if file_id in (j.training_file, j.validation_file)]  # fmt: skip
+                if file_id in (j.training_file, j.validation_file, *more_file_ids(j))]  # fmt: skip
         if busy:
             raise ApiError(
                 409, f"{file_id} is used by unfinished job {busy[0]}; cancel it first", param="file_id"
@@ -173,7 +173,12 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
                 f = _file(store, file_id, param)
                 if f.purpose != "fine-tune":
                     raise ApiError(400, f"{file_id} has purpose {f.purpose!r}, not 'fine-tune'", param=param)
-        options = _options(body.lmtailor or {})
+        extra = dict(body.lmtailor or {})
+        mixture = _mixture(store, body.training_file, extra)  # lmtailor.more_training_files, checked now
+        if mixture and kind != "supervised":
+            raise ApiError(400, f"lmtailor.more_training_files: several training files are mixed for method "
+                           f"supervised only, not {kind}", param="lmtailor.more_training_files")  # fmt: skip
+        options = {**_options(extra), **mixture}
         if kind == "dpo":
             options = {**options, "method": "dpo"}
         else:
@@ -474,6 +479,61 @@ def _validated(cls, raw: dict, field: str = "spec"):
         where = ".".join(map(str, err["loc"]))
         param = f"{field}.{where}" if where else field
         raise ApiError(400, f"{param}: {err['msg']}", param=param) from e
+
+
+MIXTURE_KEYS = ("more_training_files", "training_file_weight")  # lmtailor's keys for several training files
+
+
+def _mixture(store: Store, training_file: str, extra: dict) -> dict:
+    """`lmtailor.more_training_files` (each {"file": id, "weight": w} or an id) and `lmtailor.training_file_weight`,
+    taken out of `extra`: more uploaded files mixed into the run (TrainSpec.data as a list), each checked as the
+    training file is, and their weights as the CLI's `--data FILE:WEIGHT` are. Empty when none are given."""
+    from lmtailor.specs import parse_sources
+
+    more, weight = extra.pop("more_training_files", None), extra.pop("training_file_weight", None)
+    param = "lmtailor.more_training_files"
+    if more is None:
+        if weight is not None:
+            raise ApiError(400, "lmtailor.training_file_weight: a weight is for mixing with more_training_files",
+                           param="lmtailor.training_file_weight")  # fmt: skip
+        return {}
+    if not isinstance(more, list) or not more:
+        raise ApiError(
+            400, f'{param}: a list of {{"file": "file-…", "weight": 0.3}} (weight optional)', param=param
+        )
+    items = []
+    for i, item in enumerate(more):
+        where = f"{param}[{i}]"
+        item = {"file": item} if isinstance(item, str) else item
+        if (
+            not isinstance(item, dict)
+            or set(item) - {"file", "weight"}
+            or not isinstance(item.get("file"), str)
+        ):
+            raise ApiError(
+                400, f'{where}: {{"file": "file-…", "weight": 0.3}} (weight optional)', param=where
+            )
+        f = store.get(StoredFile, item["file"])
+        if f is None or f.deleted:
+            raise ApiError(400, f"{where}.file: no such File object: {item['file']}", param=f"{where}.file",
+                           code="file_not_found")  # fmt: skip
+        if f.purpose != "fine-tune":
+            raise ApiError(400, f"{where}.file: {f.id} has purpose {f.purpose!r}, not 'fine-tune'",
+                           param=f"{where}.file")  # fmt: skip
+        items.append({"file": f.id, "weight": item.get("weight")})
+    try:  # file ids stand for the paths: the same checks as --data (weights, a file twice)
+        parse_sources(
+            [{"path": training_file, "weight": weight}]
+            + [{"path": m["file"], "weight": m["weight"]} for m in items]
+        )
+    except ValueError as e:
+        raise ApiError(400, f"{param}: {e}", param=param) from e
+    return {"more_training_files": items, "training_file_weight": weight}
+
+
+def more_file_ids(job: Job) -> list[str]:
+    """The ids of the files a job mixes in beside its training file (lmtailor.more_training_files)."""
+    return [m["file"] for m in (job.options or {}).get("more_training_files") or []]
 
 
 def _options(extra: dict) -> dict:

@@ -73,6 +73,9 @@ def _fail(store: Store, job: Job, code: str, message: str, param: str | None) ->
 
 def _param_of(store: Store, job: Job, e: DataError) -> str:
     val = store.get(File, job.validation_file) if job.validation_file else None
+    more = [m["file"] for m in (job.options or {}).get("more_training_files") or []]
+    if e.path and Path(e.path).stem in more:  # a stored file is named <file id><suffix>
+        return f"lmtailor.more_training_files[{more.index(Path(e.path).stem)}].file"
     return (
         "validation_file" if val and e.path and Path(e.path).name == Path(val.path).name else "training_file"
     )
@@ -80,7 +83,8 @@ def _param_of(store: Store, job: Job, e: DataError) -> str:
 
 def _name_file(store: Store, job: Job, message: str) -> str:
     """Bad-row messages name the uploaded file (its id and name), not its path inside the home."""
-    for file_id in (job.training_file, job.validation_file):
+    more = [m["file"] for m in (job.options or {}).get("more_training_files") or []]
+    for file_id in (job.training_file, job.validation_file, *more):
         f = store.get(File, file_id) if file_id else None
         if f:
             message = message.replace(str(store.path(f.path)), f"{f.id} ({f.filename})")
@@ -97,9 +101,24 @@ def train_spec(store: Store, job: Job, out: Path):
     train = store.get(File, job.training_file)
     val = store.get(File, job.validation_file) if job.validation_file else None
     multiplier = auto("learning_rate_multiplier")
+    options = dict(job.options or {})
+    more = options.pop("more_training_files", None)  # platform/api.py _mixture: files mixed into the run
+    data: str | list = str(store.path(train.path))
+    if more:  # each file named as it was uploaded (the log, the card, eval_<name>_loss)
+        first = {
+            "path": data,
+            "weight": options.pop("training_file_weight", None),
+            "name": _uploaded_stem(train),
+        }
+        data = [first] + [
+            {"path": _stored_path(store, m["file"]), "weight": m.get("weight"),
+             "name": _uploaded_stem(store.get(File, m["file"]))}
+            for m in more
+        ]  # fmt: skip
+    options.pop("training_file_weight", None)
     keys = {
         "model": job.base_ref or job.model,
-        "data": str(store.path(train.path)),
+        "data": data,
         "val_data": str(store.path(val.path)) if val else None,
         "output": str(out),
         "epochs": auto("n_epochs"),
@@ -110,9 +129,19 @@ def train_spec(store: Store, job: Job, out: Path):
         "keep_checkpoints": True,
         "save_total_limit": 3,  # as OpenAI keeps: the last three
         "resume": True,  # a no-op on a first run; after a crash or a pause it continues from the checkpoint
-        **(job.options or {}),
+        **options,
     }
     return TrainSpec(**{k: v for k, v in keys.items() if v is not None})
+
+
+def _uploaded_stem(f: File | None) -> str | None:
+    return Path(f.filename).stem if f and f.filename else None
+
+
+def _stored_path(store: Store, file_id: str) -> str:
+    """Where an uploaded file lies (a deleted one's path too: reading it then fails, naming the file)."""
+    f = store.get(File, file_id)
+    return str(store.path(f.path)) if f else file_id
 
 
 def _fine_tune(store: Store, job: Job) -> None:
@@ -134,8 +163,10 @@ def _fine_tune(store: Store, job: Job) -> None:
         n_rows = len(load_prompts(spec.data))
         if spec.val_data:
             load_prompts(spec.val_data)
-    else:
-        n_rows = len(load_records(spec.data, spec.format, on_error="fail").records)
+    else:  # each file of a mixture (lmtailor.more_training_files) as the training file
+        n_rows = sum(
+            len(load_records(s.path, spec.format, on_error="fail").records) for s in spec.data_sources()
+        )
         if spec.val_data:
             load_records(spec.val_data, spec.format, on_error="fail")
     store.log(job.id, f"Files validated: {n_rows} training rows")
@@ -174,7 +205,12 @@ def _fine_tune(store: Store, job: Job) -> None:
                      trained_tokens=int(card["metrics"].get("trained_tokens") or 0), result_files=[results],
                      chosen={k: card["hyperparameters"].get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy", "recite")})  # fmt: skip
     store.log(job.id, f"New fine-tuned model created: {name}")
-    store.log(job.id, "The job has successfully completed")
+    kept = card["metrics"].get("retention")
+    if kept:
+        from lmtailor.evaluate.retention import summary_line
+
+        store.log(job.id, f"What tuning cost: {summary_line(kept)}", data={"retention": kept})
+    store.log(job.id, "The job has successfully completed", data={"retention": kept} if kept else None)
 
 
 def _free_port() -> int:

@@ -109,12 +109,26 @@ def run_quickstart(home=None, limit: int | None = None, console: Console | None 
         "minutes": round((time.time() - start) / 60, 1),
         "results": results,
     }
+    kept = result["models"][1].get("retention")
+    if kept and kept.get("eligible"):
+        summary["retention"] = {
+            k: kept[k] for k in ("value", "ci_low", "ci_high", "kept", "eligible", "by_category")
+        }
     atomic_write_json(out / "quickstart.json", summary)
     console.print(
         f"\naccuracy on held-out questions: base [red]{base_ok}/{len(rows)} ({base['value']:.0%})[/red] → "
         f"tuned [green]{tuned_ok}/{len(rows)} ({tuned['value']:.0%}, 95% CI {tuned['ci_low']:.0%}–"
         f"{tuned['ci_high']:.0%})[/green]   ({summary['minutes']} min)"
     )
+    if "retention" in summary:
+        console.print(
+            f"what it kept of what the base knew: [bold]retention {kept['value']:.0%}[/bold] (95% CI "
+            f"{kept['ci_low']:.0%}–{kept['ci_high']:.0%}): of the {kept['eligible']} general questions the base "
+            f"answered acceptably, the tuned model still answers {kept['kept']}"
+        )
+        for lost in kept["regressions"][:3]:
+            console.print(f"  lost: {lost['question']} → base: {lost['base'][:60]!r}, tuned: {lost['tuned'][:60]!r}",
+                          markup=False, highlight=False)  # fmt: skip
     verdict = "a real difference" if versus["significant"] else "not a significant difference"
     console.print(f"tuned vs base: {versus['delta']:+.0%}, {versus.get('test', 'paired bootstrap')} "
                   f"p = {versus['p_value']:.2g} ({verdict}); report: {Path(result['output']) / 'report.html'}")  # fmt: skip

@@ -97,6 +97,33 @@ class EvalMetricsCallback(TrainerCallback):
                 f.write(json.dumps(row) + "\n")
 
 
+class SourceLossCallback(TrainerCallback):
+    """With several training files: at each evaluation, the loss on each file's validation rows as
+    `eval_<source>_loss`, joined to the evaluation's metrics (so the final one reaches the card) and written as a
+    row of metrics.jsonl. The Trainer's own pass gives eval_loss over the whole set; this is one more pass."""
+
+    def __init__(self, trainer, datasets: dict, path: Path):
+        self.trainer, self.datasets, self.path = trainer, datasets, path
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        losses = {}
+        for name, dataset in self.datasets.items():
+            key = f"eval_{name}"
+            result = self.trainer.evaluation_loop(
+                self.trainer.get_eval_dataloader(dataset),
+                description=f"validation of {name}",
+                prediction_loss_only=True,
+                metric_key_prefix=key,
+            )
+            losses[f"{key}_loss"] = result.metrics.get(f"{key}_loss")
+        if metrics is not None:
+            metrics.update(losses)
+        if state.is_world_process_zero:
+            row = {"step": state.global_step, "epoch": round(state.epoch or 0, 4), **losses}
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
 def val_rows(records) -> list:
     """Validation records (each ends in an assistant turn) as evaluation rows, read as `lmtailor eval` reads
     a test file: the prompt before the last turn, and that turn (or the row's `reference`) as reference."""

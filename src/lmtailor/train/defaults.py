@@ -38,6 +38,9 @@ AUGMENT_COPIES = 0
 # nothing; an essay is not a fact); and no more rows than this (recitations double the steps).
 RECITE_SINGLE, RECITE_MIN_DISTINCT, RECITE_DISTINCT, RECITE_MAX_ROWS = 0.9, 8, 0.1, 1000
 RECITE_WORDS = (5, 60)
+# Replay: this share of the training mixture is the base model's own answers to bundled general prompts
+# (train/replay.py), so the tuned model keeps more of what the base knew (docs/defaults.md, "Retention").
+REPLAY_RATIO = 0.0
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Plan:
     recite: bool
     freeze_modules: list[str] | None
     why: dict[str, str]
+    replay_ratio: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -116,7 +120,15 @@ def choose(
         recite, why["recite"] = _recite(spec.strategy == "auto" and kind == "mlp", n_rows, answers or [])
     if recite and "epochs" in why:
         why["epochs"] += "; the recitations take as many steps again"
-    return Plan(strategy, lr, epochs, batch, max_length, neftune, copies, recite, modules, why)
+    replay = spec.replay_ratio
+    if replay is None:
+        replay = REPLAY_RATIO
+        why["replay_ratio"] = (
+            f"{replay:g}: the base's own answers to general prompts, {replay:.0%} of the rows"
+            if replay
+            else "0: off"
+        )
+    return Plan(strategy, lr, epochs, batch, max_length, neftune, copies, recite, modules, why, replay)
 
 
 def _recite(mlp_rule: bool, n_rows: int, answers: list[str]) -> tuple[bool, str]:

@@ -37,6 +37,7 @@ def run_sft(
     import torch
 
     from lmtailor.data.augment import augment_questions, recitations, single_answers
+    from lmtailor.data.mix import mixture_lines
     from lmtailor.data.tokenize import tokenize_record, tokenize_records
     from lmtailor.models.catalog import resolve
     from lmtailor.models.loading import _count_parameters, best_device, load_model, load_tokenizer
@@ -74,16 +75,26 @@ def run_sft(
         if longest > plan.max_length:
             plan.max_length = min(2048, longest)
             plan.why["max_length"] += f"; {longest} for the longest recitation"
+    # the base's own answers to general prompts (train/replay.py), a share of the rows the plan asks for
+    replayed = _replay(spec, base, plan, len(train_recs), home, log)
+    replayed_full = [tokenize_record(tok, r)[0] for r in replayed]
+    if replayed and spec.max_length is None:
+        longest = max(len(ex["input_ids"]) for ex in replayed_full)
+        if longest > plan.max_length:
+            plan.max_length = min(2048, longest)
+            plan.why["max_length"] += f"; {longest} for the longest replay row"
     rows, rows_full = train_recs, full
     if plan.augment_copies:
         rows = augment_questions(train_recs, plan.augment_copies, seed=spec.seed)
         rows_full = [tokenize_record(tok, r)[0] for r in rows]
-    train_ex, stats = tokenize_records(tok, rows + recited, plan.max_length, full=rows_full + recited_full)
-    if recited or plan.augment_copies:  # a packed row holds about `batch` samples, made ones included
+    train_ex, stats = tokenize_records(tok, rows + recited + replayed, plan.max_length,
+                                       full=rows_full + recited_full + replayed_full)  # fmt: skip
+    # a packed row holds about `batch` samples, made ones included
+    if recited or replayed or plan.augment_copies:
         lengths = [len(ex["input_ids"]) for ex in train_ex]
     val_ex, _ = tokenize_records(tok, val_recs, plan.max_length) if val_recs else ([], None)
     if not train_ex:
-        raise DataError(spec.data, None, "no row has assistant tokens to learn from")
+        raise DataError(data_name(spec), None, "no row has assistant tokens to learn from")
     model = apply_strategy(model, spec, plan.strategy, plan.freeze_modules)
     trainable, total = trainable_summary(model)
     log(
@@ -91,10 +102,13 @@ def run_sft(
         f"{trainable / 1e6:.2f}M trainable"
     )
     log(
-        f"data: {stats.rows} rows{f' ({len(recited)} of them recitations)' if recited else ''}, "
+        f"data: {stats.rows} rows{f' ({len(recited)} of them recitations)' if recited else ''}"
+        f"{f' ({len(replayed)} replayed answers of the base)' if replayed else ''}, "
         f"{stats.trained_tokens} trained tokens of {stats.tokens}; "
         f"{stats.truncated} truncated to {plan.max_length}; validation: {len(val_ex)} rows"
     )
+    for line in mixture_lines(getattr(train_recs, "sources", [])):  # several files: what each one gave
+        log(line)
     for dropped in stats.dropped[:5]:
         log(f"  dropped {dropped}")
     for key, why in plan.why.items():
@@ -103,6 +117,7 @@ def run_sft(
     replaced = use_fast_path(model, attention=spec.packing and precision == "fp32")  # train/fastpath.py: why
     trainer = _build_trainer(spec, plan, model, tok, train_ex, val_ex, out, precision, progress, lengths,
                              varlen=replaced is not None)  # fmt: skip
+    add_source_losses(trainer, spec, plan, tok, val_recs, lengths, out)
     if val_ex and spec.eval_metrics:
         from lmtailor.train.callbacks import EvalMetricsCallback, val_rows
 
@@ -111,7 +126,7 @@ def run_sft(
         )
     for callback in callbacks or []:
         trainer.add_callback(callback)
-    texts = [[[m.role, m.content, m.weight] for m in r.messages] for r in rows + recited]
+    texts = [[[m.role, m.content, m.weight] for m in r.messages] for r in rows + recited + replayed]
     packed = len(trainer.train_dataset) if spec.packing else None
     computed = None
     if packed and trainer.data_collator.share_prefix:  # train/collate.py: can_share_prefix
@@ -155,9 +170,56 @@ def run_sft(
     from lmtailor.train.callbacks import plot_loss
 
     plot_loss(out / "metrics.jsonl", out / "loss.png", title=f"{out.name}: loss")
+    if spec.retention:
+        metrics["retention"] = measure_retention(spec, base, out, home, log)
     write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, precision)
     log(f"saved {out}")
     return out
+
+
+def root_base(spec: TrainSpec, base) -> str:
+    """The base model a run descends from: the spec's model, or for a tuned model the base its card names."""
+    return base.card.get("base_model", spec.model) if base.card else spec.model
+
+
+def _replay(spec: TrainSpec, base, plan, user_rows: int, home, log: Callable) -> list[Record]:
+    """The replay rows the plan asks for: the root base's own answers to bundled general prompts."""
+    from lmtailor.train.replay import replay_count, replay_rows
+
+    n = replay_count(plan.replay_ratio, user_rows)
+    if not n:
+        return []
+    try:
+        rows = replay_rows(root_base(spec, base), n, spec.seed, home, log, spec.trust_remote_code)
+    except LmtailorError as e:
+        if spec.replay_ratio is not None:  # asked for: the run cannot do what it was told
+            raise
+        log(f"{e}; training without replay")  # the rule's default: said, and the run goes on
+        plan.replay_ratio = 0.0
+        plan.why["replay_ratio"] = f"0: {e}"
+        return []
+    log(f"replay: {len(rows)} rows of the base's own answers to general prompts ({plan.replay_ratio:.0%})")
+    return rows
+
+
+def measure_retention(spec: TrainSpec, base, out: Path, home, log: Callable) -> dict | None:
+    """What the run cost: retention of the saved model against the base it descends from, over the bundled
+    general probes (evaluate/retention.py); the whole report in retention.json, a summary for the card. A base
+    that cannot be asked (no chat template) is said in the log, and the run goes on without it."""
+    from lmtailor.evaluate.retention import card_entry, measure, summary_line
+
+    try:
+        report = measure(
+            root_base(spec, base), str(out), home, log=log, trust_remote_code=spec.trust_remote_code
+        )
+    except LmtailorError as e:
+        log(str(e))
+        return None
+    atomic_write_json(out / "retention.json", report)
+    log(summary_line(report))
+    for lost in report["regressions"][:3]:
+        log(f"  lost: {lost['question']!r}: base {lost['base'][:80]!r} -> tuned {lost['tuned'][:80]!r}")
+    return card_entry(report)
 
 
 def world_size() -> int:
@@ -244,14 +306,27 @@ def _reset_metrics(path: Path, resume: Path | None) -> None:
 def output_dir(spec: TrainSpec, home: str | Path | None) -> Path:
     if spec.output:
         return Path(spec.output).expanduser().resolve()
-    name = spec.name or f"{Path(spec.model).name}-{Path(spec.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stems = [Path(s.path).stem for s in spec.data_sources()]  # several files: a+b+c, or a+b+c+2 for five
+    data = "+".join(stems[:3]) + (f"+{len(stems) - 3}" if len(stems) > 3 else "")
+    name = spec.name or f"{Path(spec.model).name}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
     return home_dir(home) / "models" / name
 
 
+def data_name(spec: TrainSpec) -> str:
+    """The training data in a message: its file, or the files of a mixture joined by ' + '."""
+    return spec.data if isinstance(spec.data, str) else " + ".join(s.path for s in spec.data)
+
+
 def load_train_val(spec: TrainSpec) -> tuple[list[Record], list[Record]]:
+    """The training and validation rows. Several files (`data` a list) are mixed by data/mix.py: the training list
+    is then a MixedRows, which carries the record of the draw (`.sources`) to the log and the card."""
     from lmtailor.data.formats import load_records
     from lmtailor.data.split import split_records
 
+    if not isinstance(spec.data, str):
+        from lmtailor.data.mix import load_mixture
+
+        return load_mixture(spec)
     train = load_records(spec.data, fmt=spec.format, on_error=spec.on_error).records
     if not train:
         raise DataError(spec.data, None, "no usable rows")
@@ -261,6 +336,36 @@ def load_train_val(spec: TrainSpec) -> tuple[list[Record], list[Record]]:
         parts = split_records(train, ratios=(1 - spec.val_ratio, spec.val_ratio, 0.0), seed=spec.seed)
         return parts["train"], parts["val"]
     return train, []
+
+
+def add_source_losses(
+    trainer, spec: TrainSpec, plan, tok, val_recs: list[Record], lengths: list[int], out: Path
+):
+    """With several training files, each validation also reports the loss on each file's validation rows
+    (`eval_<source>_loss`: metrics.jsonl, the card), tokenised and packed as the whole set is; `eval_loss`, which
+    keep-best and early stopping watch, stays the Trainer's own over the whole set. One more pass over them."""
+    from datasets import Dataset
+
+    from lmtailor.data.mix import SOURCE_KEY, source_names
+    from lmtailor.data.tokenize import tokenize_records
+    from lmtailor.train.callbacks import SourceLossCallback
+
+    if isinstance(spec.data, str) or trainer.eval_dataset is None:
+        return
+    names = source_names(spec.data_sources())
+    sets = {}
+    for name in names:
+        rows = [r for r in val_recs if r.extra.get(SOURCE_KEY) == name]
+        examples, _ = tokenize_records(tok, rows, plan.max_length)
+        if examples:
+            sets[name] = Dataset.from_list(examples)
+    if spec.packing:  # as _build_trainer packs the whole set
+        from trl import pack_dataset
+
+        seq_len = packed_row_length(plan.max_length, plan.batch_size // world_size(), lengths)
+        sets = {name: pack_dataset(ds, seq_len, "bfd") for name, ds in sets.items()}
+    if len(sets) > 1:  # not when a val_data file has no `source` keys naming the files: eval_loss says it all
+        trainer.add_callback(SourceLossCallback(trainer, sets, out / "metrics.jsonl"))
 
 
 def _precision(spec: TrainSpec, device: str):
@@ -570,6 +675,21 @@ def fingerprint(path: str | None) -> dict | None:
     return {"path": str(Path(path).resolve()), "sha256": digest}
 
 
+def data_card(spec: TrainSpec, train_recs: list[Record], val_recs: list[Record], stats) -> dict:
+    """The card's data section: the files' fingerprints and rows; for several files (data/mix.py) each one's
+    path, sha256, rows available and drawn, weight and validation rows, and the seed of the draw."""
+    sources = getattr(train_recs, "sources", None)
+    train = fingerprint(spec.data) if isinstance(spec.data, str) else None
+    val = {**(fingerprint(spec.val_data) or {}), "rows": len(val_recs)} if val_recs else None
+    card: dict = {"train": {**(train or {}), "rows": len(train_recs)}, "val": val}
+    if sources:
+        card["sources"] = [s.as_dict() for s in sources]
+        card["mix_seed"] = getattr(train_recs, "seed", spec.seed)
+        if val and not spec.val_data:
+            val["by_source"] = {s.name: s.val_rows for s in sources}
+    return {**card, "trained_tokens_per_epoch": stats.trained_tokens, "truncated_rows": stats.truncated}
+
+
 def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, precision: str = "fp32") -> None:
     """lmtailor.json, written last: a folder with a card is a finished model."""
     from lmtailor import __version__
@@ -602,14 +722,10 @@ def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, prec
             "neftune_alpha": plan.neftune_alpha,
             "augment_copies": plan.augment_copies,
             "recite": plan.recite,
+            "replay_ratio": plan.replay_ratio,
         },
         "defaults_chosen": plan.why,
-        "data": {
-            "train": {**(fingerprint(spec.data) or {}), "rows": len(train_recs)},
-            "val": {**(fingerprint(spec.val_data) or {}), "rows": len(val_recs)} if val_recs else None,
-            "trained_tokens_per_epoch": stats.trained_tokens,
-            "truncated_rows": stats.truncated,
-        },
+        "data": data_card(spec, train_recs, val_recs, stats),
         "metrics": metrics,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -152,6 +152,7 @@ async function loadFiles() {
   const training = state.files.filter((f) => f.purpose === "fine-tune").map((f) => [f.id, label(f)]);
   fill($("#train-file"), training);
   fill($("#train-val"), training, { blank: t("train.none") });
+  for (const select of $$("#train-more .more-file")) fill(select, training);
   fill($("#eval-file"), state.files.map((f) => [f.id, label(f)]));
 }
 
@@ -213,13 +214,22 @@ async function showModels() {
     el("td", {}, m.id), el("td", {}, m.kind), el("td", { title: m.card?.base_model ?? "" }, m.card?.base_model?.split("/").at(-1) ?? "–"),
     el("td", {}, m.card?.strategy ?? "–"), el("td", {}, num(m.loss ?? m.card?.metrics?.final_loss, 4)), el("td", {}, when(m.created)))));
 }
+// Retention (what tuning cost): "87% [82%, 91%] · 120/138 · facts 90%, writing 80%"
+function keptText(r) {
+  if (!r?.eligible) return "–";
+  const pct = (v) => `${Math.round(v * 100)}%`;
+  const cats = Object.entries(r.by_category ?? {}).map(([k, v]) => `${k} ${pct(v.value)}`).join(", ");
+  return `${pct(r.value)} [${pct(r.ci_low)}, ${pct(r.ci_high)}] · ${r.kept}/${r.eligible}${cats ? ` · ${cats}` : ""}`;
+}
 function showCard(m) {
   const box = $("#model-card");
   const card = m.card;
   const rows = card ? [["base", card.base_model], ["parent", card.parent ?? "–"], ["strategy", card.strategy],
-    ["data", card.data?.train ? [card.data.train.file ?? card.data.train.path?.split("/").at(-1), card.data.train.rows && `${card.data.train.rows} ${t("data.rowsWord")}`].filter(Boolean).join(", ") : "–"],
+    ["data", card.data?.sources ? card.data.sources.map((s) => `${s.file ?? s.name} ${Math.round(s.weight * 100)}% (${s.rows_drawn} ${t("data.rowsWord")})`).join(", ")
+      : card.data?.train ? [card.data.train.file ?? card.data.train.path?.split("/").at(-1), card.data.train.rows && `${card.data.train.rows} ${t("data.rowsWord")}`].filter(Boolean).join(", ") : "–"],
     ...Object.entries(card.hyperparameters ?? {}).filter(([k]) => ["learning_rate", "epochs", "n_epochs", "batch_size", "max_length", "lora_r", "precision", "recite"].includes(k)),
-    ...Object.entries(card.metrics ?? {}).map(([k, v]) => [k, typeof v === "number" ? num(v, 4) : JSON.stringify(v)])] : [];
+    ...(card.metrics?.retention ? [[t("models.retention"), keptText(card.metrics.retention)]] : []),
+    ...Object.entries(card.metrics ?? {}).filter(([k]) => k !== "retention").map(([k, v]) => [k, typeof v === "number" ? num(v, 4) : JSON.stringify(v)])] : [];
   const deletable = ["fine-tuned", "checkpoint", "tuned", "merged"].includes(m.kind);
   box.replaceChildren(
     el("h2", {}, t("models.card", { id: m.id })),
@@ -373,8 +383,26 @@ async function estimate() {
     $("#train-memory").className = "memory" + (e.machine && e.total > 0.8 * e.machine ? " warn" : "");
   } catch (err) { $("#train-memory").textContent = err.message; }
 }
+// More training files mixed into the run (lmtailor.more_training_files): a file and its share of the mix each
+function addMoreFile() {
+  const select = el("select", { class: "more-file" });
+  fill(select, state.files.filter((f) => f.purpose === "fine-tune").map((f) => [f.id, `${f.filename} · ${f.id}`]));
+  const row = el("div", { class: "row more" },
+    el("label", {}, el("span", { "data-i18n": "train.moreFile" }, t("train.moreFile")), select),
+    el("label", {}, el("span", { "data-i18n": "train.weight" }, t("train.weight")), el("input", { class: "more-weight", placeholder: "auto", size: 6 })),
+    el("button", { type: "button", "data-i18n": "train.remove", onclick: () => row.remove() }, t("train.remove")));
+  $("#train-more").append(row);
+}
+function moreFiles() {
+  return [...$$("#train-more .more")].map((row) => {
+    const weight = numberOr(row.querySelector(".more-weight").value);
+    return { file: row.querySelector(".more-file").value, ...(weight !== undefined ? { weight } : {}) };
+  }).filter((m) => m.file);
+}
 async function launch() {
   const options = { strategy: $("#train-strategy").value };
+  const more = moreFiles();
+  if (more.length) options.more_training_files = more;
   const lr = numberOr($("#train-lr").value);
   if (lr !== undefined) options.learning_rate = lr;
   if (options.strategy === "lora") options.lora_r = Number($("#train-rank").value) || 32;
@@ -464,9 +492,12 @@ async function watchEval(id) {
 async function drawEval(id, result) {
   $("#eval-result").hidden = false;
   const metrics = Object.keys(result.models[0].scores);
-  $("#eval-table thead").replaceChildren(el("tr", {}, el("th", {}, t("eval.model")), metrics.map((k) => el("th", {}, k)), el("th", {}, t("eval.vs"))));
+  const kept = result.models.some((m) => m.retention?.eligible);
+  $("#eval-table thead").replaceChildren(el("tr", {}, el("th", {}, t("eval.model")), metrics.map((k) => el("th", {}, k)),
+    kept ? el("th", { title: t("eval.retentionHint") }, t("eval.retention")) : null, el("th", {}, t("eval.vs"))));
   $("#eval-table tbody").replaceChildren(...result.models.map((m) => el("tr", {}, el("td", {}, m.name),
     metrics.map((k) => { const s = m.scores[k]; return el("td", {}, `${num(s.value)} [${num(s.ci_low)}, ${num(s.ci_high)}]`); }),
+    kept ? el("td", { class: "retention" }, keptText(m.retention)) : null,
     el("td", {}, Object.entries(m.vs_baseline ?? {}).map(([k, v]) => `${k} ${v.delta >= 0 ? "+" : ""}${num(v.delta)} (p ${v.p_value < 0.001 ? "< 0.001" : num(v.p_value, 3)}, ${v.significant ? t("eval.significant") : t("eval.notSignificant")})`).join("; ") || "–"))));
   barChart($("#eval-chart"), metrics.map((k) => ({ label: k, bars: result.models.map((m) => ({ name: m.name, value: m.scores[k].value, low: m.scores[k].ci_low, high: m.scores[k].ci_high })) })));
   state.examples = (await api(`/lmtailor/jobs/${id}/predictions`)).data;
@@ -607,6 +638,7 @@ function start() {
   $("#synth-go").onclick = (e) => busy(e.target, synth);
   for (const id of ["#train-model", "#train-strategy", "#train-batch", "#train-maxlen", "#train-rank"]) $(id).addEventListener("change", estimate);
   $("#train-go").onclick = (e) => busy(e.target, launch);
+  $("#train-more-add").onclick = addMoreFile;
   $("#mon-pause").onclick = (e) => busy(e.target, () => jobAction("pause"));
   $("#mon-resume").onclick = (e) => busy(e.target, () => jobAction("resume"));
   $("#mon-cancel").onclick = (e) => busy(e.target, () => jobAction("cancel"));
