@@ -90,7 +90,10 @@ def _source(value: Any) -> DataSource:
     try:
         weight = float(tail)
     except ValueError:
-        raise ValueError(f"{value}: weight {tail!r} is not a number") from None
+        if Path(path).expanduser().is_file():  # "a.jsonl:0.3x": a weight written wrong
+            raise ValueError(f"{value}: weight {tail!r} is not a number") from None
+        # "data:2024.jsonl": a name with a colon; a missing one is said as missing
+        return DataSource(path=value)
     return DataSource(path=path, weight=_weight(value, weight))
 
 
@@ -284,8 +287,14 @@ class TrainSpec(_Spec):
     @classmethod
     def _sources(cls, value: Any) -> Any:
         """A list of training files is checked here (weights, the same file twice); one file is its path."""
-        if not isinstance(value, list | tuple):
+        if isinstance(value, dict):  # one file as a mapping: {path: a.jsonl, weight: 0.3}
+            value = [value]
+        if isinstance(value, str):
             return value
+        if not isinstance(value, list | tuple):
+            raise ValueError(
+                f"{value!r}: a training file is FILE, FILE:WEIGHT or {{path: FILE, weight: W}}, or a list"
+            )
         sources = parse_sources(list(value))
         return sources[0].path if len(sources) == 1 else sources
 
@@ -297,6 +306,8 @@ class TrainSpec(_Spec):
     def _check(self) -> TrainSpec:
         if self.method != "sft" and not isinstance(self.data, str):
             raise ValueError(f"method {self.method} trains on one data file; several are mixed for sft only")
+        if self.method != "sft" and self.replay_ratio:
+            raise ValueError(f"method {self.method}: replay_ratio is for sft (replayed answers are sft rows)")
         if self.strategy != "freeze" and (self.freeze_layers or self.freeze_modules):
             raise ValueError("freeze_layers / freeze_modules need strategy: freeze")
         if self.node_rank >= self.nodes:

@@ -122,9 +122,8 @@ def test_measure_caches_the_base_answers(lively_llama_dir: Path, lmtailor_home: 
     assert first["value"] == 1.0  # the same model: everything it answered, kept
     assert first["eligible"] > 0  # open probes: any non-empty answer of the base is eligible
     generated = [line for line in logs if "generating" in line]
-    assert (
-        len(generated) == 1
-    )  # base and tuned are the same weights: answered once, the second from the cache
+    # base and tuned are the same weights: answered once, the second from the cache
+    assert len(generated) == 1
     logs.clear()
     again = measure(str(lively_llama_dir), str(lively_llama_dir), log=logs.append)
     assert not [line for line in logs if "generating" in line]
@@ -156,6 +155,8 @@ def test_train_records_retention_and_eval_reports_it(
     assert 0.0 <= kept["value"] <= 1.0 and "regressions" in report
     assert any(line.startswith("retention ") for line in logs)
 
+    assert any(line.startswith(f"{out}: generating") for line in logs)  # answered at the end of training
+    logs.clear()
     test = tmp_path / "test.jsonl"
     test.write_text(
         json.dumps({"messages": [{"role": "user", "content": "hi"}], "reference": "hello"}) + "\n"
@@ -164,7 +165,8 @@ def test_train_records_retention_and_eval_reports_it(
                       log=logs.append)  # fmt: skip
     base_entry, tuned_entry = result["models"]
     assert base_entry["retention"] is None  # a catalog or plain folder model has no base to compare with
-    assert tuned_entry["retention"]["value"] == kept["value"]  # the same answers, from the cache
+    assert tuned_entry["retention"]["value"] == kept["value"]
+    assert not [line for line in logs if line.startswith(f"{out}: generating")]  # its answers, from the cache
     assert "## Retention: what tuning cost" in (tmp_path / "e" / "report.md").read_text(encoding="utf-8")
     assert "Retention: what tuning cost" in (tmp_path / "e" / "report.html").read_text(encoding="utf-8")
     skipped = run_eval(EvalSpec(models=[str(out)], data=str(test), output=str(tmp_path / "e2"), retention=False),
@@ -222,4 +224,22 @@ def test_replay_on_a_base_without_a_chat_template(tiny_llama_dir: Path, tiny_cha
     assert "no chat template" in card["defaults_chosen"]["replay_ratio"]
     assert any("training without replay" in line for line in logs)
     assert any("retention: " in line and "no chat template" in line for line in logs)
-    assert card["metrics"]["retention"] is None
+    assert "retention" not in card["metrics"] and not (out / "retention.json").exists()
+
+
+def test_replay_is_refused_for_methods_that_do_not_train_answers():
+    from lmtailor.errors import SpecError
+    from lmtailor.specs import TrainSpec, build_spec
+
+    with pytest.raises(SpecError, match=r"method dpo: replay_ratio is for sft") as e:
+        build_spec(TrainSpec, {"data": "p.jsonl", "method": "dpo", "replay_ratio": 0.2})
+    assert "\n" not in str(e.value)
+    assert build_spec(TrainSpec, {"data": "p.jsonl", "method": "dpo"}).replay_ratio is None
+    with pytest.raises(SpecError, match=r"replay_ratio"):
+        build_spec(TrainSpec, {"data": "p.jsonl", "replay_ratio": 1.0})  # all replay: nothing of the user's
+
+
+def test_a_report_with_nothing_eligible_is_null_not_nan():
+    report = retention(PROBES[:1], ["I don't know."], ["Paris."])
+    assert report["eligible"] == 0 and report["value"] is None and report["ci_low"] is None
+    json.dumps(report, allow_nan=False)  # what the API serves

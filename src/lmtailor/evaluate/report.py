@@ -105,7 +105,8 @@ def _md_retention(result: dict[str, Any]) -> list[str]:
                 "| question | base answer | tuned answer |",
                 "|---|---|---|",
             ]
-            out += [f"| {_short(x['question'])} | {_short(x['base'])} | {_short(x['tuned'])} |" for x in lost]
+            cells = [[_short(x[k]).replace("|", "\\|") for k in ("question", "base", "tuned")] for x in lost]
+            out += ["| " + " | ".join(row) + " |" for row in cells]
     return [*out, ""]
 
 

@@ -136,10 +136,10 @@ def retention(
         else:
             kept.append(probe.acceptable(tuned[i]))
     values = np.asarray(kept, dtype=float)
-    value = float(values.mean()) if len(values) else float("nan")
-    low, high = (
-        bootstrap_ci(Score("retention", value, values), resamples, seed) if len(values) else (value,) * 2
-    )
+    value = low = high = None  # the base answered no probe acceptably: nothing to measure (JSON null)
+    if len(values):
+        value = float(values.mean())
+        low, high = bootstrap_ci(Score("retention", value, values), resamples, seed)
     report: dict[str, Any] = {
         "value": value,
         "ci_low": low,
@@ -192,11 +192,12 @@ def _reference_accuracy(probes, base: list[str], tuned: list[str]) -> dict[str, 
 
 
 def has_chat_template(ref: str, home, trust_remote_code: bool = False) -> bool:
+    """The model ships a chat template of its own (load_tokenizer fills in ChatML for one that has none: a base
+    never trained on it answers chat prompts in it poorly, so its answers say little about what it knows)."""
     from lmtailor.models.loading import load_tokenizer
 
-    return bool(
-        getattr(load_tokenizer(ref, home, trust_remote_code=trust_remote_code), "chat_template", None)
-    )
+    tok = load_tokenizer(ref, home, trust_remote_code=trust_remote_code)
+    return bool(tok.chat_template) and not getattr(tok, "lmtailor_template_fallback", False)
 
 
 def measure(
@@ -208,6 +209,7 @@ def measure(
     trust_remote_code: bool = False,
     judge_model: str | None = None,
     api_key_env: str = "OPENAI_API_KEY",
+    cache: bool = True,
 ) -> dict[str, Any]:
     """Retention of model `tuned` against model `base` over the bundled probes. Both answer greedily through
     eval's answer cache (the base's answers are generated once per base model and reused). A base without a
@@ -217,15 +219,16 @@ def measure(
 
     if not has_chat_template(base, home, trust_remote_code):
         raise LmtailorError(
-            f"retention: {base} has no chat template, and the general probes are chat prompts; it is measured "
-            "for chat models only"
+            f"{base} has no chat template of its own, and the general probes are chat prompts: retention is "
+            "measured for chat models only"
         )
     probes = load_probes()
     spec = EvalSpec(models=[tuned], data=PROBES_FILE, batch_size=batch_size, max_new_tokens=MAX_NEW_TOKENS,
-                    trust_remote_code=trust_remote_code, api_key_env=api_key_env)  # fmt: skip
+                    trust_remote_code=trust_remote_code, api_key_env=api_key_env, cache=cache)  # fmt: skip
     params = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0}
     prompts = [p.messages for p in probes]
     got_base = answer_prompts(base, prompts, params, spec, home, log, what="general probes")
+    got_base.model = got_base.tokenizer = None  # not held while the tuned model answers
     got_tuned = answer_prompts(tuned, prompts, params, spec, home, log, what="general probes")
     verdicts = None
     if judge_model:

@@ -37,7 +37,9 @@ if TYPE_CHECKING:
 SCHEMA = "lmtailor.eval/1"
 ENDPOINT_PREFIX = "openai:"
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt", ".tiktoken")
-NOT_WEIGHTS = ("lmtailor.json",)  # the card gains metrics later; that must not invalidate the cache
+# written beside the weights after training (the card's metrics, retention.json, the quickstart's summary):
+# they must not invalidate the cache
+NOT_WEIGHTS = ("lmtailor.json", "retention.json", "quickstart.json")
 FIX_MARGIN = 0.25  # a continuous per-example score must move this much to count as fixed or broken
 
 
@@ -373,7 +375,7 @@ def model_retention(ref: str, spec: EvalSpec, home, log: Callable[[str], None]) 
             return None
         report = measure(base, ref, home, log, batch_size=max(spec.batch_size, 64),
                          trust_remote_code=spec.trust_remote_code, judge_model=spec.judge_model,
-                         api_key_env=spec.api_key_env)  # fmt: skip
+                         api_key_env=spec.api_key_env, cache=spec.cache)  # fmt: skip
     except LmtailorError as e:
         log(f"{ref}: {e}")
         return None

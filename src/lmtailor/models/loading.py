@@ -42,8 +42,9 @@ def load_tokenizer(ref: str | ResolvedModel, home: str | Path | None = None, tru
         tok = AutoTokenizer.from_pretrained(model.path, trust_remote_code=trust_remote_code)
     except Exception as e:
         raise ModelError(f"cannot load the tokenizer of {model.ref} ({model.path}): {e}") from e
-    if not tok.chat_template:
+    if not tok.chat_template:  # trains and chats in ChatML; what the base itself answers in it means little
         tok.chat_template = CHATML_TEMPLATE
+        tok.lmtailor_template_fallback = True
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -201,15 +201,15 @@ def _fine_tune(store: Store, job: Job) -> None:
     card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
     _register(store, name, job.id, out, card, last_loss)
     results = _results_file(store, job, out)
+    kept = card["metrics"].get("retention")
+    if kept:  # before the job turns succeeded: a client that sees it succeed finds what it cost
+        from lmtailor.evaluate.retention import summary_line
+
+        store.log(job.id, f"What tuning cost: {summary_line(kept)}", data={"retention": kept})
     store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None,
                      trained_tokens=int(card["metrics"].get("trained_tokens") or 0), result_files=[results],
                      chosen={k: card["hyperparameters"].get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy", "recite")})  # fmt: skip
     store.log(job.id, f"New fine-tuned model created: {name}")
-    kept = card["metrics"].get("retention")
-    if kept:
-        from lmtailor.evaluate.retention import summary_line
-
-        store.log(job.id, f"What tuning cost: {summary_line(kept)}", data={"retention": kept})
     store.log(job.id, "The job has successfully completed", data={"retention": kept} if kept else None)
 
 

@@ -70,7 +70,7 @@ def run_dpo(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
                          eval_dataset=Dataset.from_list(rows(val)) if val else None, processing_class=tok)  # fmt: skip
     chosen = {"learning_rate": lr, "epochs": epochs, "batch_size": batch, "precision": precision}
     return train_and_save(trainer, spec, base, tok, out, "dpo", strategy, chosen, (len(train), len(val)),
-                          (trainable, total), progress, callbacks, log, record)  # fmt: skip
+                          (trainable, total), progress, callbacks, log, record, home)  # fmt: skip
 
 
 def setup(spec: TrainSpec, home, rates: dict[str, float]):
@@ -96,7 +96,7 @@ def setup(spec: TrainSpec, home, rates: dict[str, float]):
 
 def train_and_save(trainer, spec: TrainSpec, base, tok, out: Path, method: str, strategy: str, chosen: dict,
                    rows: tuple[int, int], params: tuple[int, int], progress: bool, callbacks: list | None,
-                   log: Callable[[str], None], record: dict) -> Path:  # fmt: skip
+                   log: Callable[[str], None], record: dict, home=None) -> Path:  # fmt: skip
     """What DPO and reinforcement runs share with SFT's end: metrics.jsonl and the progress bar, resume from
     the newest complete checkpoint (sft.resume_point: if it trained the rows of `record`), a last validation, the
     folder saved as SFT saves it, the card."""
@@ -121,6 +121,12 @@ def train_and_save(trainer, spec: TrainSpec, base, tok, out: Path, method: str, 
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     write_card(out, spec, base, method, strategy, chosen, rows[0], rows[1], metrics)
     log(f"saved {out}")
+    if spec.retention:  # what it cost, as for SFT
+        from lmtailor.train.sft import _free_memory, add_retention
+
+        trainer.model = trainer.model_wrapped = None
+        _free_memory()
+        add_retention(spec, base, strategy, out, home, log)
     return out
 
 

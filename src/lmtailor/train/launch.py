@@ -47,6 +47,7 @@ def train(spec: TrainSpec, home=None, log: Callable = print, progress: bool = Tr
         if problem:
             raise LmtailorError(problem)
     out = output_dir(spec, home)  # decided once here: each rank would otherwise stamp its own default name
+    _warm_replay(spec, home, log)
     spec_file = out / ".launch" / "spec.json"
     atomic_write_json(spec_file, spec.model_copy(update={"output": str(out)}).model_dump())
     args = [str(spec_file), "--home", str(home or "")]
@@ -55,6 +56,27 @@ def train(spec: TrainSpec, home=None, log: Callable = print, progress: bool = Tr
     else:
         _elastic(spec, args, log)
     return out
+
+
+def _warm_replay(spec: TrainSpec, home, log: Callable) -> None:
+    """The replay rows' answers generated here, once, into the answer cache: every rank then draws the same rows
+    from it instead of generating its own (nodes with a home of their own still generate theirs)."""
+    from lmtailor.models.catalog import resolve
+    from lmtailor.train.defaults import REPLAY_RATIO
+    from lmtailor.train.replay import replay_count, replay_rows
+    from lmtailor.train.sft import _free_memory, load_train_val, root_base
+
+    ratio = spec.replay_ratio if spec.replay_ratio is not None else REPLAY_RATIO
+    if spec.method != "sft" or not ratio:
+        return
+    n = replay_count(ratio, len(load_train_val(spec)[0]))
+    try:
+        replay_rows(
+            root_base(spec, resolve(spec.model, home)), n, spec.seed, home, log, spec.trust_remote_code
+        )
+    except LmtailorError as e:
+        log(f"{e}")  # each rank meets it again and acts on it as one process would
+    _free_memory()  # the base answered here: its memory (a GPU's too) goes back before the ranks start
 
 
 def gpu_shortfall(devices: int, gpus: int, option: str = "--devices") -> str | None:

@@ -127,4 +127,4 @@ def run_rft(spec: TrainSpec, home=None, log: Callable[[str], None] = print, prog
     chosen = {"learning_rate": lr, "epochs": epochs, "batch_size": batch, "num_generations": gens,
               "precision": precision}  # fmt: skip
     return train_and_save(trainer, spec, base, tok, out, "reinforcement", strategy, chosen, (len(train), len(val)),
-                          (trainable, total), progress, callbacks, log, record)  # fmt: skip
+                          (trainable, total), progress, callbacks, log, record, home)  # fmt: skip

@@ -170,16 +170,30 @@ def run_sft(
     from lmtailor.train.callbacks import plot_loss
 
     plot_loss(out / "metrics.jsonl", out / "loss.png", title=f"{out.name}: loss")
-    if spec.retention:
-        metrics["retention"] = measure_retention(spec, base, out, home, log)
+    metrics["replay_rows"] = len(replayed)
     write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, precision)
     log(f"saved {out}")
+    if spec.retention:  # a finished model first; what it cost is added to its card
+        del trainer, model  # the two models retention loads need the memory more
+        _free_memory()
+        add_retention(spec, base, plan.strategy, out, home, log)
     return out
 
 
 def root_base(spec: TrainSpec, base) -> str:
-    """The base model a run descends from: the spec's model, or for a tuned model the base its card names."""
-    return base.card.get("base_model", spec.model) if base.card else spec.model
+    """The base model a run descends from: the spec's model, or for a tuned model the base its card names (a
+    merge of models of different bases names none: then the model itself)."""
+    return (base.card.get("base_model") if base.card else None) or spec.model
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _replay(spec: TrainSpec, base, plan, user_rows: int, home, log: Callable) -> list[Record]:
@@ -202,24 +216,30 @@ def _replay(spec: TrainSpec, base, plan, user_rows: int, home, log: Callable) ->
     return rows
 
 
-def measure_retention(spec: TrainSpec, base, out: Path, home, log: Callable) -> dict | None:
+def add_retention(spec: TrainSpec, base, strategy: str, out: Path, home, log: Callable) -> None:
     """What the run cost: retention of the saved model against the base it descends from, over the bundled
-    general probes (evaluate/retention.py); the whole report in retention.json, a summary for the card. A base
-    that cannot be asked (no chat template) is said in the log, and the run goes on without it."""
+    general probes (evaluate/retention.py); the whole report in retention.json, a summary added to the card.
+    Whatever stops the measurement is said in the log: the model is saved and its card written already."""
     from lmtailor.evaluate.retention import card_entry, measure, summary_line
+    from lmtailor.home import atomic_write_json
 
+    if strategy in ("lora", "qlora") and not spec.merge:
+        log("retention: not measured: the run saved the LoRA adapter only (merge: false)")
+        return
     try:
         report = measure(
             root_base(spec, base), str(out), home, log=log, trust_remote_code=spec.trust_remote_code
         )
-    except LmtailorError as e:
-        log(str(e))
-        return None
+    except Exception as e:  # noqa: BLE001 (a finished model is not failed by its measurement)
+        log(f"retention: not measured: {e}")
+        return
     atomic_write_json(out / "retention.json", report)
+    card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
+    card["metrics"]["retention"] = card_entry(report)
+    atomic_write_json(out / "lmtailor.json", card)
     log(summary_line(report))
     for lost in report["regressions"][:3]:
         log(f"  lost: {lost['question']!r}: base {lost['base'][:80]!r} -> tuned {lost['tuned'][:80]!r}")
-    return card_entry(report)
 
 
 def world_size() -> int:
@@ -695,14 +715,12 @@ def write_card(out, spec, base, plan, stats, train_recs, val_recs, metrics, prec
     from lmtailor import __version__
 
     parent = None
-    root_base = spec.model
     if base.card:  # continued training of a tuned model
         parent = {"path": str(base.path), "name": base.card.get("name")}
-        root_base = base.card.get("base_model", spec.model)
     card = {
         "lmtailor_version": __version__,
         "name": out.name,
-        "base_model": root_base,
+        "base_model": root_base(spec, base),
         "base_path": str(base.path),
         "parent": parent,
         "method": spec.method,
