@@ -34,10 +34,10 @@ def test_train_lora_on_real_model_then_load_and_generate(smol_dir: Path, tmp_pat
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
     out = tmp_path / "tuned"
     r = lmtailor("train", "--model", str(smol_dir), "--data", str(data), "--output", str(out),
-                 "--strategy", "lora", "--epochs", "1", "--batch-size", "8", home=shared_home)  # fmt: skip
+                 "--strategy", "lora", "--epochs", "1", "--batch-size", "8", "--no-retention",
+                 home=shared_home)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "tuned model:" in r.stdout
-    assert "retention " in r.stdout  # what tuning cost, printed at the end
 
     card = json.loads((out / "lmtailor.json").read_text())
     assert card["strategy"] == "lora" and card["method"] == "sft"
@@ -88,6 +88,7 @@ def test_a_model_trained_to_answer_one_word_keeps_almost_nothing(
     r = lmtailor("train", "--model", str(smol_dir), "--data", str(data), "--output", str(out), "--strategy", "full",
                  "--lr", "1e-4", "--epochs", "3", "--batch-size", "8", home=shared_home)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "retention " in r.stdout  # what tuning cost, printed at the end
     kept = json.loads((out / "lmtailor.json").read_text())["metrics"]["retention"]
     report = json.loads((out / "retention.json").read_text())
     assert kept["eligible"] >= 60  # the base answered that many probes acceptably

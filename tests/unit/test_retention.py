@@ -137,21 +137,21 @@ def test_a_base_without_a_chat_template_is_a_clear_error(tiny_llama_dir: Path, t
 
 
 def test_train_records_retention_and_eval_reports_it(
-    tiny_llama_dir: Path, tiny_chat_file: Path, tmp_path: Path
+    lively_llama_dir: Path, tiny_chat_file: Path, tmp_path: Path
 ):
     from lmtailor.evaluate.runner import run_eval
     from lmtailor.evaluate.spec import EvalSpec
     from lmtailor.specs import TrainSpec
     from lmtailor.train.sft import run_sft
 
-    spec = TrainSpec(model=str(tiny_llama_dir), data=str(tiny_chat_file), output=str(tmp_path / "tuned"),
+    spec = TrainSpec(model=str(lively_llama_dir), data=str(tiny_chat_file), output=str(tmp_path / "tuned"),
                      strategy="lora", lora_r=4, epochs=1, batch_size=4)  # fmt: skip
     logs: list[str] = []
     out = run_sft(spec, progress=False, log=logs.append)
     card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
     kept = card["metrics"]["retention"]
     report = json.loads((out / "retention.json").read_text(encoding="utf-8"))
-    assert kept["eligible"] == report["eligible"] > 0 and kept["base"] == str(tiny_llama_dir)
+    assert kept["eligible"] == report["eligible"] > 0 and kept["base"] == str(lively_llama_dir)
     assert 0.0 <= kept["value"] <= 1.0 and "regressions" in report
     assert any(line.startswith("retention ") for line in logs)
 
@@ -161,7 +161,7 @@ def test_train_records_retention_and_eval_reports_it(
     test.write_text(
         json.dumps({"messages": [{"role": "user", "content": "hi"}], "reference": "hello"}) + "\n"
     )
-    result = run_eval(EvalSpec(models=[str(tiny_llama_dir), str(out)], data=str(test), output=str(tmp_path / "e")),
+    result = run_eval(EvalSpec(models=[str(lively_llama_dir), str(out)], data=str(test), output=str(tmp_path / "e")),
                       log=logs.append)  # fmt: skip
     base_entry, tuned_entry = result["models"]
     assert base_entry["retention"] is None  # a catalog or plain folder model has no base to compare with
@@ -243,3 +243,14 @@ def test_a_report_with_nothing_eligible_is_null_not_nan():
     report = retention(PROBES[:1], ["I don't know."], ["Paris."])
     assert report["eligible"] == 0 and report["value"] is None and report["ci_low"] is None
     json.dumps(report, allow_nan=False)  # what the API serves
+
+
+def test_an_open_probe_counts_only_where_the_base_answered_in_its_language():
+    zh = Probe("w", "writing", "zh", "用一句话描述秋天。")
+    assert zh.acceptable("秋天的树叶变成了金黄色。") and not zh.acceptable("Autumn leaves turn gold.")
+    en = Probe("w", "writing", "en", "Write one sentence about the sea.")
+    assert en.acceptable("The sea is deep.") and not en.acceptable("大海很深。") and not en.acceptable(" 12 ")
+    report = retention([zh, en], ["Autumn leaves turn gold.", "The sea is deep."], ["x", "The sea is deep."])
+    assert (
+        report["eligible"] == 1 and report["kept"] == 1
+    )  # the Chinese request answered in English: not counted

@@ -31,9 +31,10 @@ from lmtailor.errors import LmtailorError
 from lmtailor.evaluate.match import contains
 
 # Sentence chrF (0-100) from which a tuned model's answer to an open probe still counts as the base's answer.
-# Set between what the same model gives (100) and what a tuned model that forgot gives (an answer about the
-# tuning data: chrF 10-20 against the base's): docs/evaluation.md "Retention".
-AGREE = 35.0
+# Greedy answers drift in wording after any tuning; on the quickstart's models, English writing probes: at 25 one
+# of 11 answers that drifted to the tuning data (they name the company) was kept, at 20 four; on-task answers
+# in new words score 25-40 (docs/evaluation.md, "Retention").
+AGREE = 25.0
 # Answers up to 32 new tokens: cut there, the base's answers got the verdicts they get at 64 tokens on 202 of the
 # 210 probes with a reference; writing probes are compared on their first 32 tokens.
 MAX_NEW_TOKENS = 32
@@ -68,12 +69,17 @@ class Probe:
         return not self.accept and self.pattern is None
 
     def acceptable(self, answer: str) -> bool:
-        """The answer is right by the probe's own reference (open probes: any non-empty answer)."""
+        """The answer is right by the probe's own reference; an open probe's, when it is in the probe's language
+        (a base that answers a Chinese request in English, or garbled, sets no standard to keep)."""
         if self.pattern is not None:
             return re.search(self.pattern, answer, re.S) is not None
         if self.accept:
             return any(contains(answer, a) for a in self.accept)
-        return bool(answer.strip())
+        letters = [c for c in answer if c.isalpha()]
+        if not letters:
+            return False
+        chinese = sum("\u3400" <= c <= "\u9fff" for c in letters) / len(letters)
+        return chinese >= 0.5 if self.lang == "zh" else chinese < 0.5
 
 
 def load_probes(path: str | Path | None = None) -> list[Probe]:
