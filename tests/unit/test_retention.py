@@ -155,7 +155,9 @@ def test_train_records_retention_and_eval_reports_it(
     assert 0.0 <= kept["value"] <= 1.0 and "regressions" in report
     assert any(line.startswith("retention ") for line in logs)
 
-    assert any(line.startswith(f"{out}: generating") for line in logs)  # answered at the end of training
+    assert any(
+        line.startswith(f"{out}: generating") and "general probes" in line for line in logs
+    )  # in training
     logs.clear()
     test = tmp_path / "test.jsonl"
     test.write_text(
@@ -166,7 +168,8 @@ def test_train_records_retention_and_eval_reports_it(
     base_entry, tuned_entry = result["models"]
     assert base_entry["retention"] is None  # a catalog or plain folder model has no base to compare with
     assert tuned_entry["retention"]["value"] == kept["value"]
-    assert not [line for line in logs if line.startswith(f"{out}: generating")]  # its answers, from the cache
+    # its probe answers, from the cache (only the test row is new to it)
+    assert not [line for line in logs if line.startswith(f"{out}: generating") and "general probes" in line]
     assert "## Retention: what tuning cost" in (tmp_path / "e" / "report.md").read_text(encoding="utf-8")
     assert "Retention: what tuning cost" in (tmp_path / "e" / "report.html").read_text(encoding="utf-8")
     skipped = run_eval(EvalSpec(models=[str(out)], data=str(test), output=str(tmp_path / "e2"), retention=False),
