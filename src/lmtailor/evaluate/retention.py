@@ -202,7 +202,11 @@ def has_chat_template(ref: str, home, trust_remote_code: bool = False) -> bool:
     never trained on it answers chat prompts in it poorly, so its answers say little about what it knows)."""
     from lmtailor.models.loading import load_tokenizer
 
-    tok = load_tokenizer(ref, home, trust_remote_code=trust_remote_code)
+    return own_template(load_tokenizer(ref, home, trust_remote_code=trust_remote_code))
+
+
+def own_template(tok) -> bool:
+    """The tokenizer came with its chat template (not load_tokenizer's ChatML stand-in)."""
     return bool(tok.chat_template) and not getattr(tok, "lmtailor_template_fallback", False)
 
 

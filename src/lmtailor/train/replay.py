@@ -50,14 +50,15 @@ def replay_rows(
 ) -> list[Record]:
     """`n` replay rows: pool prompts drawn with `seed` (the pool again, reshuffled, when n exceeds it), each with
     the base model's own greedy answer. Raises LmtailorError for a base without a chat template."""
-    from lmtailor.evaluate.retention import has_chat_template
+    from lmtailor.evaluate.retention import own_template
     from lmtailor.evaluate.runner import answer_prompts
     from lmtailor.evaluate.spec import EvalSpec
     from lmtailor.models.loading import load_tokenizer
 
     if n <= 0:
         return []
-    if not has_chat_template(base, home, trust_remote_code):
+    tok = load_tokenizer(base, home, trust_remote_code=trust_remote_code)  # the check's, and the lengths'
+    if not own_template(tok):
         raise LmtailorError(
             f"replay: {base} has no chat template, so it cannot answer the replay prompts as a chat model; "
             "train with --replay-ratio 0 (or give it a tokenizer with a chat template)"
@@ -68,14 +69,11 @@ def replay_rows(
     params = {"max_new_tokens": REPLAY_MAX_TOKENS, "temperature": 0.0}
     texts: dict[int, str] = {}
     usable: list[int] = []
-    tok = None
-    while len(usable) < n and len(texts) < len(
-        pool
-    ):  # only as many prompts as needed, a quarter more for misses
+    # only as many prompts as needed, a quarter more for misses
+    while len(usable) < n and len(texts) < len(pool):
         more = order[len(texts) : len(texts) + max(8, round((n - len(usable)) * 1.25))]
         got = answer_prompts(base, [[{"role": "user", "content": pool[i]["prompt"]}] for i in more], params, spec,
                              home, log, what="replay answers (cached for later runs)")  # fmt: skip
-        tok = tok or got.tokenizer or load_tokenizer(base, home, trust_remote_code=trust_remote_code)
         texts.update(zip(more, got.texts, strict=True))
         usable += [i for i in more if _finished(texts[i], tok)]
     if not usable:

@@ -70,19 +70,11 @@ def run_sft(
     recited_full = [tokenize_record(tok, r)[0] for r in recited]  # once, like `full`
     if plan.recite and not recited:
         log("recite: no single question-answer row to recite")
-    if recited and spec.max_length is None:  # a recitation outgrows its row when the question was shorter
-        longest = max(len(ex["input_ids"]) for ex in recited_full)
-        if longest > plan.max_length:
-            plan.max_length = min(2048, longest)
-            plan.why["max_length"] += f"; {longest} for the longest recitation"
+    _fit_length(spec, plan, recited_full, "recitation")  # longer than its row when the question was shorter
     # the base's own answers to general prompts (train/replay.py), a share of the rows the plan asks for
     replayed = _replay(spec, base, plan, len(train_recs), home, log)
     replayed_full = [tokenize_record(tok, r)[0] for r in replayed]
-    if replayed and spec.max_length is None:
-        longest = max(len(ex["input_ids"]) for ex in replayed_full)
-        if longest > plan.max_length:
-            plan.max_length = min(2048, longest)
-            plan.why["max_length"] += f"; {longest} for the longest replay row"
+    _fit_length(spec, plan, replayed_full, "replay row")
     rows, rows_full = train_recs, full
     if plan.augment_copies:
         rows = augment_questions(train_recs, plan.augment_copies, seed=spec.seed)
@@ -178,6 +170,17 @@ def run_sft(
         _free_memory()
         add_retention(spec, base, plan.strategy, out, home, log)
     return out
+
+
+def _fit_length(spec: TrainSpec, plan, made: list[dict], what: str) -> None:
+    """Rows lmtailor makes (recitations, replay) may be longer than the user's, from which the plan took its
+    max length: a chosen length grows to the longest of them (up to 2048), a given one stays."""
+    if not made or spec.max_length is not None:
+        return
+    longest = max(len(ex["input_ids"]) for ex in made)
+    if longest > plan.max_length:
+        plan.max_length = min(2048, longest)
+        plan.why["max_length"] += f"; {longest} for the longest {what}"
 
 
 def root_base(spec: TrainSpec, base) -> str:
