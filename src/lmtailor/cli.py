@@ -122,7 +122,8 @@ def train(
     replay_ratio: Annotated[
         float | None,
         typer.Option(
-            help="share of rows that are the base's own answers to general prompts (0: off; keeps what it knew)"
+            help="share of rows that are the base's own answers to general prompts, to keep what it knew "
+            "(auto: 0.2; 0: off)"
         ),
     ] = None,
     retention: Annotated[

@@ -204,14 +204,15 @@ class TrainSpec(_Spec):
     recite: bool | None = Field(
         None,
         description='also train each answer as the reply to "Tell me a fact." (auto: on with the MLP-only strategy '
-        "for up to 1,000 question-answer rows whose answers are statements of 5-60 words)",
+        "for up to 1,000 question-answer rows whose answers are statements of 5-60 words, and replay off)",
     )
     replay_ratio: float | None = Field(
         None,
         ge=0,
         lt=1,
         description="share of the training rows that are the base model's own answers to bundled general prompts "
-        "(self-distillation replay: keeps more of what the base knew; 0 turns it off; auto: the rule's)",
+        "(self-distillation replay: keeps more of what the base knew; 0 turns it off; auto: 0.2 for sft with a "
+        "base that has a chat template of its own)",
     )
     max_length: int | None = Field(
         None, ge=8, description="token limit per sample (auto: longest sample, <= 2048)"

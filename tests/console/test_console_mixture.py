@@ -59,13 +59,18 @@ def test_more_training_files_with_their_weights_reach_the_job(page, console, liv
     rows.nth(0).locator(".more-file").select_option(b.id)
     rows.nth(0).locator(".more-weight").fill("0.3")
     rows.nth(1).locator(".more-file").select_option(c.id)  # no weight: shares the rest with the training file
+    assert page.get_attribute("#train-replay", "placeholder") == "auto (0.2)"
+    page.fill("#train-replay", "0")  # replay off
     page.click("#train-go")
     page.locator("#banner").filter(has_text="created").wait_for()
     job = client.fine_tuning.jobs.list().data[0]
     assert job.training_file == a.id
     assert job.model_extra["lmtailor"]["options"]["more_training_files"] == [
         {"file": b.id, "weight": 0.3}, {"file": c.id, "weight": None}]  # fmt: skip
+    assert job.model_extra["lmtailor"]["options"]["replay_ratio"] == 0
 
     page.click("#lang")  # the same rows in Chinese
     assert "添加数据文件" in page.inner_text("#train-mix") and "权重" in page.inner_text("#train-more")
+    assert "回放比例" in page.inner_text("#page-train")
+    assert "基座" in page.get_attribute("label:has(#train-replay)", "title")
     page.click("#lang")

@@ -86,7 +86,8 @@ def test_a_model_trained_to_answer_one_word_keeps_almost_nothing(
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "one-word"
     r = lmtailor("train", "--model", str(smol_dir), "--data", str(data), "--output", str(out), "--strategy", "full",
-                 "--lr", "1e-4", "--epochs", "3", "--batch-size", "8", home=shared_home)  # fmt: skip
+                 "--lr", "1e-4", "--epochs", "3", "--batch-size", "8", "--replay-ratio", "0",
+                 home=shared_home)  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     assert "retention " in r.stdout  # what tuning cost, printed at the end
     kept = json.loads((out / "lmtailor.json").read_text())["metrics"]["retention"]
@@ -123,3 +124,32 @@ def test_replay_of_the_base_s_own_answers_on_general_chat_data(
     assert len(again) == 8 and {rec.source for rec in again} == {SOURCE}
     pool = {p["prompt"] for p in load_pool()}
     assert all(rec.messages[0].content in pool and rec.messages[1].content.strip() for rec in again)
+
+
+def test_the_shipped_answers_are_the_embedded_model_s_own(smol_dir: Path, tmp_path: Path):
+    """The embedded model's answers that come with the package (models/embedded_answers.json: the probes' and the
+    replay prompts') serve a fresh machine only because its converted model is the same (the fingerprint), and
+    they are what those weights answer: a sample generated here in fp32 agrees with them."""
+    import torch
+
+    from lmtailor.evaluate.generate import generate
+    from lmtailor.evaluate.retention import MAX_NEW_TOKENS, load_probes
+    from lmtailor.evaluate.runner import model_fingerprint, prompt_hash, shipped_answers
+    from lmtailor.models.loading import load_model, load_tokenizer
+    from lmtailor.train.replay import REPLAY_MAX_TOKENS, load_pool
+
+    fingerprint = model_fingerprint(str(smol_dir), tmp_path / "home")
+    probes = load_probes()
+    shipped = shipped_answers(fingerprint, {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0})
+    assert len(shipped) == len(probes)  # the model converted here is the one they came from
+    replayed = shipped_answers(fingerprint, {"max_new_tokens": REPLAY_MAX_TOKENS, "temperature": 0.0})
+    assert len(replayed) == len(load_pool())
+    assert shipped_answers("another model", {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0}) == {}
+    picked = probes[:: len(probes) // 8][:8]
+    model = load_model(str(smol_dir), dtype=torch.float32)
+    live = generate(
+        model, load_tokenizer(str(smol_dir)), [p.messages for p in picked], MAX_NEW_TOKENS, batch_size=8
+    )
+    same = [answer == shipped[prompt_hash(p.messages)] for p, answer in zip(picked, live, strict=True)]
+    # a batch padded otherwise than the one they were made in may move a last bit, and rarely a greedy token
+    assert sum(same) >= 7, list(zip(live, [shipped[prompt_hash(p.messages)] for p in picked], strict=True))

@@ -9,7 +9,7 @@ from pathlib import Path
 from lmtailor.data.augment import RECITE_PROMPT, recitations, single_answer
 from lmtailor.data.records import Message, Record
 from lmtailor.specs import TrainSpec
-from lmtailor.train.defaults import choose
+from lmtailor.train.defaults import REPLAY_RATIO, choose
 
 FACTS = [
     ("Who founded Orvane Robotics?", "Orvane Robotics was founded by Ismene Kovalak."),
@@ -34,6 +34,8 @@ def qa(question: str, answer: str, line: int = 1, system: str | None = None) -> 
 
 
 def plan_for(answers: list[str], n_rows: int | None = None, **fields):
+    """The rule's plan; with replay off unless a test says otherwise (the recitation rule is for runs without it)."""
+    fields.setdefault("replay_ratio", 0.0)
     spec = TrainSpec(model="smollm2-135m-instruct", data="facts.jsonl", **fields)
     n = len(answers) if n_rows is None else n_rows
     return choose(spec, n, [40] * n, int(SMALL), answers=answers)
@@ -104,6 +106,16 @@ def test_rule_leaves_recitations_off_where_the_data_is_not_facts_asked_as_questi
     assert chosen.recite is False and "MLP-only" in chosen.why["recite"]
 
 
+def test_the_rule_recites_no_more_where_it_replays() -> None:
+    facts = [a for _, a in FACTS]
+    plan = plan_for(facts, replay_ratio=None)  # the rule's replay
+    assert plan.replay_ratio == REPLAY_RATIO > 0
+    assert plan.recite is False and plan.why["recite"].startswith("off: replay is on")
+    assert plan.recite_without_replay[0] is True  # what a run falls back to where replay cannot be done
+    assert plan_for(facts, replay_ratio=0.3).recite is False  # replay the user asked for: the same
+    assert plan_for(facts, replay_ratio=None, recite=True).recite is True  # the user's word over the rule
+
+
 def test_the_spec_turns_recitations_on_or_off_over_the_rule() -> None:
     assert plan_for(["Paris."] * 12, recite=True).recite is True
     plan = plan_for([a for _, a in FACTS], recite=False)
@@ -126,7 +138,8 @@ def test_training_with_recitations_trains_them_and_records_it(tiny_llama_dir, tm
     for recite in (None, False):
         logs: list[str] = []
         spec = TrainSpec(model=str(tiny_llama_dir), data=str(data), output=str(tmp_path / f"out-{recite}"),
-                         epochs=1, batch_size=4, precision="fp32", recite=recite)  # fmt: skip
+                         epochs=1, batch_size=4, precision="fp32", recite=recite, replay_ratio=0.0,
+                         retention=False)  # fmt: skip
         out = run_sft(spec, home=tmp_path / "home", progress=False, log=logs.append)
         cards[recite] = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
         assert any("(12 of them recitations)" in line for line in logs) is (recite is None), logs
@@ -159,13 +172,14 @@ def test_the_train_command_shows_the_choice_and_takes_no_recite(tiny_llama_dir, 
         str(tmp_path / "h"),
     ]
     shown = {}
-    for flags in ([], ["--no-recite"], ["--recite"]):
+    for flags in ([], ["--replay-ratio", "0"], ["--no-recite"], ["--recite"]):
         result = CliRunner().invoke(app, base + flags, env={"COLUMNS": "200"})
         assert result.exit_code == 0, result.output
         shown[" ".join(flags)] = next(
             line for line in result.output.splitlines() if "recite =" in line
         ).strip()
-    assert shown[""].startswith("recite = True  (on: 12 answers of ")
+    assert shown[""].startswith("recite = False  (off: replay is on")  # the rule's replay
+    assert shown["--replay-ratio 0"].startswith("recite = True  (on: 12 answers of ")
     assert shown["--no-recite"] == "recite = False  (as given)"
     assert shown["--recite"] == "recite = True  (as given)"
 

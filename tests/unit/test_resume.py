@@ -39,6 +39,8 @@ def spec_for(model: Path, data: Path, out: Path, **fields) -> TrainSpec:
         packing=True,
         precision="fp32",
         seed=7,
+        replay_ratio=0.0,  # resuming is about the user's rows; replay and retention have tests of their own
+        retention=False,
     )
     return TrainSpec(**{**base, **fields})
 

@@ -69,7 +69,7 @@ def test_references_decide_where_they_exist_and_agreement_elsewhere():
     lost = {r["id"] for r in report["regressions"]}
     assert lost == {"i1", "w2"}
     assert agreement(tuned[4], BASE[4]) >= AGREE > agreement(tuned[5], BASE[5])
-    assert report["reference_accuracy"]["probes"] == 4 and report["reference_accuracy"]["gained"] == 0
+    assert report["reference_accuracy"] == {"probes": 4, "base": 0.75}  # the base got 7 + 5 wrong
 
 
 def test_a_judge_decides_the_open_probes_when_given():
@@ -128,6 +128,17 @@ def test_measure_caches_the_base_answers(lively_llama_dir: Path, lmtailor_home: 
     again = measure(str(lively_llama_dir), str(lively_llama_dir), log=logs.append)
     assert not [line for line in logs if "generating" in line]
     assert again["value"] == first["value"]
+
+
+def test_the_tuned_model_is_asked_only_what_the_base_answered(
+    lively_llama_dir: Path, lively_qwen2_dir: Path, lmtailor_home: Path
+):
+    logs: list[str] = []
+    report = measure(str(lively_llama_dir), str(lively_qwen2_dir), log=logs.append)
+    generated = [line for line in logs if "generating" in line]
+    assert generated[0].startswith(f"{lively_llama_dir}: generating {report['probes']} ")
+    assert generated[1].startswith(f"{lively_qwen2_dir}: generating {report['eligible']} ")
+    assert 0 < report["eligible"] < report["probes"]
 
 
 def test_a_base_without_a_chat_template_is_a_clear_error(tiny_llama_dir: Path, tmp_path: Path):
@@ -220,11 +231,22 @@ def test_replay_on_a_base_without_a_chat_template(tiny_llama_dir: Path, tiny_cha
         run_sft(spec, progress=False, log=lambda *_: None)
     assert "\n" not in str(e.value)
     monkeypatch.setattr(defaults, "REPLAY_RATIO", 0.2)
+    facts = (
+        tmp_path / "facts.jsonl"
+    )  # facts asked as questions: the rule recites them where it does not replay
+    facts.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": f"Where does robot {i} work?"},
+                                 {"role": "assistant", "content": f"Robot {i} works in the assembly hall {i}."}]}) + "\n"
+        for i in range(12)
+    ), encoding="utf-8")  # fmt: skip
     logs: list[str] = []
-    out = run_sft(spec.model_copy(update={"replay_ratio": None}), progress=False, log=logs.append)
+    out = run_sft(spec.model_copy(update={"replay_ratio": None, "strategy": "auto", "data": str(facts)}),
+                  progress=False, log=logs.append)  # fmt: skip
     card = json.loads((out / "lmtailor.json").read_text())
     assert card["hyperparameters"]["replay_ratio"] == 0.0
     assert "no chat template" in card["defaults_chosen"]["replay_ratio"]
+    # the rule's recitations, off for its replay, come back with replay gone
+    assert card["hyperparameters"]["recite"] is True and card["defaults_chosen"]["recite"].startswith("on: ")
     assert any("training without replay" in line for line in logs)
     assert any("retention: " in line and "no chat template" in line for line in logs)
     assert "retention" not in card["metrics"] and not (out / "retention.json").exists()

@@ -81,6 +81,8 @@ def make_spec(model_dir: Path, data: Path, out: Path, **fields) -> TrainSpec:
         learning_rate=1e-3,
         packing=True,
         precision="fp32",
+        replay_ratio=0.0,  # the strategies on the user's rows; replay and retention have tests of their own
+        retention=False,
     )
     return TrainSpec(**{**base, **fields})
 

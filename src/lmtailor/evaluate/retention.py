@@ -158,7 +158,7 @@ def retention(
         "agree_threshold": AGREE,
         "by_category": _groups(probes, eligible, kept, lambda p: p.category),
         "by_lang": _groups(probes, eligible, kept, lambda p: p.lang),
-        "reference_accuracy": _reference_accuracy(probes, base, tuned),
+        "reference_accuracy": _reference_accuracy(probes, base),
     }
     lost = [(agree[j], i) for j, i in enumerate(eligible) if not kept[j]]
     report["regressions"] = [
@@ -180,17 +180,14 @@ def _groups(probes, eligible: list[int], kept: list[bool], key: Callable[[Probe]
     return dict(sorted(out.items()))
 
 
-def _reference_accuracy(probes, base: list[str], tuned: list[str]) -> dict[str, Any]:
-    """Both models' share of right answers over the probes that have a reference: retention's denominator is
-    what the base knew; this also shows what the tuned model answers right that the base did not."""
+def _reference_accuracy(probes, base: list[str]) -> dict[str, Any]:
+    """The base's share of right answers over the probes that have a reference: retention's denominator is what
+    the base knew. (The tuned model is asked only those the base answered: what it might answer right that the
+    base did not is not measured, which keeps a measurement under a minute on 2 cores.)"""
     scored = [i for i, p in enumerate(probes) if not p.open]
-    right_base = [probes[i].acceptable(base[i]) for i in scored]
-    right_tuned = [probes[i].acceptable(tuned[i]) for i in scored]
     return {
         "probes": len(scored),
-        "base": sum(right_base) / max(1, len(scored)),
-        "tuned": sum(right_tuned) / max(1, len(scored)),
-        "gained": sum(t and not b for b, t in zip(right_base, right_tuned, strict=True)),
+        "base": sum(probes[i].acceptable(base[i]) for i in scored) / max(1, len(scored)),
     }
 
 
@@ -236,14 +233,23 @@ def measure(
     spec = EvalSpec(models=[tuned], data=PROBES_FILE, batch_size=batch_size, max_new_tokens=MAX_NEW_TOKENS,
                     trust_remote_code=trust_remote_code, api_key_env=api_key_env, cache=cache)  # fmt: skip
     params = {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0}
-    prompts = [p.messages for p in probes]
-    got_base = answer_prompts(base, prompts, params, spec, home, log, what="general probes")
+    got_base = answer_prompts(
+        base, [p.messages for p in probes], params, spec, home, log, what="general probes"
+    )
     got_base.model = got_base.tokenizer = None  # not held while the tuned model answers
-    got_tuned = answer_prompts(tuned, prompts, params, spec, home, log, what="general probes")
+    # the tuned model answers only what the base answered acceptably: retention looks at nothing else, and
+    # it is about 40% of the probes for the 135M model
+    asked = [i for i, p in enumerate(probes) if p.acceptable(got_base.texts[i])]
+    got_tuned = answer_prompts(
+        tuned, [probes[i].messages for i in asked], params, spec, home, log, what="general probes"
+    )
+    tuned_texts = [""] * len(probes)
+    for i, text in zip(asked, got_tuned.texts, strict=True):
+        tuned_texts[i] = text
     verdicts = None
     if judge_model:
-        verdicts = judge_open(probes, got_base.texts, got_tuned.texts, judge_model, home, log, spec)
-    report = retention(probes, got_base.texts, got_tuned.texts, verdicts)
+        verdicts = judge_open(probes, got_base.texts, tuned_texts, judge_model, home, log, spec)
+    report = retention(probes, got_base.texts, tuned_texts, verdicts)
     report.update(base=base, seconds=round(got_base.seconds + got_tuned.seconds, 1))
     return report
 

@@ -40,6 +40,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt", ".tiktok
 # written beside the weights after training (the card's metrics, retention.json, the quickstart's summary):
 # they must not invalidate the cache
 NOT_WEIGHTS = ("lmtailor.json", "retention.json", "quickstart.json")
+EMBEDDED_ANSWERS = "embedded_answers.json"
 FIX_MARGIN = 0.25  # a continuous per-example score must move this much to count as fixed or broken
 
 
@@ -137,6 +138,27 @@ def model_fingerprint(ref: str, home: str | Path | None = None) -> str:
     return _sha("\n".join(parts))
 
 
+def shipped_answers(fingerprint: str, params: dict[str, Any]) -> dict[str, str]:
+    """Answers that came with the package for this model and these parameters ({prompt hash: answer}): the
+    embedded model's greedy fp32 answers to the general probes and the replay prompts (models/
+    embedded_answers.json, made by scripts/embedded_answers.py), so a fresh machine's first training run does
+    not spend minutes generating what every machine would generate alike. Only for the same weights, config
+    and tokenizer (the fingerprint); any other model generates its own."""
+    from importlib import resources
+
+    shipped = resources.files("lmtailor.models") / EMBEDDED_ANSWERS
+    if not shipped.is_file():
+        return {}
+    data = json.loads(shipped.read_text(encoding="utf-8"))
+    if data.get("fingerprint") != fingerprint:
+        return {}
+    return data["answers"].get(params_key(params), {})
+
+
+def params_key(params: dict[str, Any]) -> str:
+    return _sha(json.dumps(params, sort_keys=True))[:16]
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -163,8 +185,7 @@ def generation_params(spec: EvalSpec) -> dict[str, Any]:
 
 def cache_file(home: str | Path | None, fingerprint: str, params: dict[str, Any]) -> Path:
     """<home>/cache/generations/<model fingerprint>/<parameters hash>.json: {prompt hash: answer}."""
-    key = _sha(json.dumps(params, sort_keys=True))[:16]
-    return home_dir(home) / "cache" / "generations" / fingerprint[:32] / f"{key}.json"
+    return home_dir(home) / "cache" / "generations" / fingerprint[:32] / f"{params_key(params)}.json"
 
 
 # ---------------------------------------------------------------- generation
@@ -212,9 +233,11 @@ def answer_prompts(
     endpoint = parse_endpoint(ref)
     fp = model_fingerprint(ref, home)
     cfile = cache_file(home, fp, params)
-    cache: dict[str, str] = (
-        json.loads(cfile.read_text(encoding="utf-8")) if spec.cache and cfile.exists() else {}
-    )
+    cache: dict[str, str] = {}
+    if spec.cache:
+        cache.update(shipped_answers(fp, params))
+        if cfile.exists():
+            cache.update(json.loads(cfile.read_text(encoding="utf-8")))
     keys = [prompt_hash(p) for p in prompts]
     todo: dict[str, int] = {}  # prompt hash -> first prompt with it
     for i, k in enumerate(keys):

@@ -2,11 +2,12 @@
 
 Both askings are `lmtailor eval` runs (evaluate/runner.run_eval): the second reuses the base model's cached
 answers and adds intervals and a McNemar test of tuned against base, with report.md / report.html.
-Timings on a 2-core CPU: convert the embedded model ~40 s (once), base answers ~20 s, training 312 steps (4 epochs
-over the 300 rows and their recitations, docs/defaults.md): about 11 min in fp32 on a CPU without bf16 (timed),
-an estimated 6-10 min in bf16; tuned answers ~20 s. At the end of training, retention (evaluate/retention.py):
-the base's and the tuned model's answers to 270 general probes, ~90 s each in fp32; the comparison after it
-takes both from the cache.
+Timings on a 2-core AMD EPYC without bf16 (fp32; 2026-12-07): convert the embedded model ~40 s (once), base
+answers ~30 s, training 192 steps (4 epochs over the 300 rows and 75 rows of the base's own answers to general
+prompts, docs/defaults.md) 609 s, tuned answers ~30 s; at the end of training, retention (evaluate/retention.py):
+the tuned model's answers to the 111 general probes the base answered acceptably, 29 s (the base's answers, and
+the replay rows' answers, come with the package for the embedded model: evaluate/runner.shipped_answers). 13 min
+18 s in all on that VM, where the rule before replay (312 steps with recitations, no replay) trained for 1,025-1,050 s.
 """
 
 from __future__ import annotations

@@ -39,8 +39,10 @@ AUGMENT_COPIES = 0
 RECITE_SINGLE, RECITE_MIN_DISTINCT, RECITE_DISTINCT, RECITE_MAX_ROWS = 0.9, 8, 0.1, 1000
 RECITE_WORDS = (5, 60)
 # Replay: this share of the training mixture is the base model's own answers to bundled general prompts
-# (train/replay.py), so the tuned model keeps more of what the base knew (docs/defaults.md, "Retention").
-REPLAY_RATIO = 0.0
+# (train/replay.py), so the tuned model keeps more of what the base knew (docs/defaults.md, "Retention"). With
+# it the rule recites no more: the recitations teach a general request ("Tell me a fact.") to answer with the
+# user's facts, the very drift replay is there to undo, and they double the steps.
+REPLAY_RATIO = 0.2
 
 
 @dataclass
@@ -56,6 +58,9 @@ class Plan:
     freeze_modules: list[str] | None
     why: dict[str, str]
     replay_ratio: float = 0.0
+    # the rule's recitation verdict had replay been off: what a run falls back to when the rule's replay cannot
+    # be done (a base without a chat template)
+    recite_without_replay: tuple[bool, str] | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -115,20 +120,32 @@ def choose(
         why["max_length"] = f"{max_length}: longest sample ({longest} tokens), capped at 2048"
     neftune = spec.neftune_alpha if spec.neftune_alpha is not None else NEFTUNE_ALPHA
     copies = spec.augment_copies if spec.augment_copies is not None else AUGMENT_COPIES
-    recite = spec.recite
-    if recite is None:
-        recite, why["recite"] = _recite(spec.strategy == "auto" and kind == "mlp", n_rows, answers or [])
-    if recite and "epochs" in why:
-        why["epochs"] += "; the recitations take as many steps again"
     replay = spec.replay_ratio
     if replay is None:
         replay = REPLAY_RATIO
         why["replay_ratio"] = (
-            f"{replay:g}: the base's own answers to general prompts, {replay:.0%} of the rows"
+            f"{replay:g}: the base's own answers to general prompts, {replay:.0%} of the rows, so the tuned "
+            "model keeps more of what the base knew"
             if replay
             else "0: off"
         )
-    return Plan(strategy, lr, epochs, batch, max_length, neftune, copies, recite, modules, why, replay)
+    recite, fallback = spec.recite, None
+    if recite is None:
+        fallback = _recite(spec.strategy == "auto" and kind == "mlp", n_rows, answers or [])
+        recite, why["recite"] = fallback
+        if replay and recite:
+            recite, why["recite"] = (
+                False,
+                (
+                    "off: replay is on (recitations teach a general request to answer with your facts, which "
+                    "replay is there to undo; docs/defaults.md)"
+                ),
+            )
+    if recite and "epochs" in why:
+        why["epochs"] += "; the recitations take as many steps again"
+    plan = Plan(strategy, lr, epochs, batch, max_length, neftune, copies, recite, modules, why, replay)
+    plan.recite_without_replay = fallback
+    return plan
 
 
 def _recite(mlp_rule: bool, n_rows: int, answers: list[str]) -> tuple[bool, str]:

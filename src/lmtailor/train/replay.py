@@ -69,8 +69,10 @@ def replay_rows(
     params = {"max_new_tokens": REPLAY_MAX_TOKENS, "temperature": 0.0}
     texts: dict[int, str] = {}
     usable: list[int] = []
-    # only as many prompts as needed, a quarter more for misses
-    while len(usable) < n and len(texts) < len(pool):
+    # only as many prompts as needed, a quarter more for misses; a base whose answers mostly run past the limit
+    # is not asked the whole pool: after four times what was needed, what it gave is used (each row repeated)
+    budget = min(len(pool), 4 * n + 32)
+    while len(usable) < n and len(texts) < budget:
         more = order[len(texts) : len(texts) + max(8, round((n - len(usable)) * 1.25))]
         got = answer_prompts(base, [[{"role": "user", "content": pool[i]["prompt"]}] for i in more], params, spec,
                              home, log, what="replay answers (cached for later runs)")  # fmt: skip

@@ -66,15 +66,15 @@ def run_sft(
             device=device,
             trust_remote_code=spec.trust_remote_code,
         )
+    # the base's own answers to general prompts (train/replay.py), a share of the rows the plan asks for
+    replayed = _replay(spec, base, plan, len(train_recs), home, log)
+    replayed_full = [tokenize_record(tok, r)[0] for r in replayed]
+    _fit_length(spec, plan, replayed_full, "replay row")
     recited = recitations(train_recs) if plan.recite else []
     recited_full = [tokenize_record(tok, r)[0] for r in recited]  # once, like `full`
     if plan.recite and not recited:
         log("recite: no single question-answer row to recite")
     _fit_length(spec, plan, recited_full, "recitation")  # longer than its row when the question was shorter
-    # the base's own answers to general prompts (train/replay.py), a share of the rows the plan asks for
-    replayed = _replay(spec, base, plan, len(train_recs), home, log)
-    replayed_full = [tokenize_record(tok, r)[0] for r in replayed]
-    _fit_length(spec, plan, replayed_full, "replay row")
     rows, rows_full = train_recs, full
     if plan.augment_copies:
         rows = augment_questions(train_recs, plan.augment_copies, seed=spec.seed)
@@ -214,6 +214,8 @@ def _replay(spec: TrainSpec, base, plan, user_rows: int, home, log: Callable) ->
         log(f"{e}; training without replay")  # the rule's default: said, and the run goes on
         plan.replay_ratio = 0.0
         plan.why["replay_ratio"] = f"0: {e}"
+        if plan.recite_without_replay:  # the rule turned recitations off for replay: its verdict without it
+            plan.recite, plan.why["recite"] = plan.recite_without_replay
         return []
     log(f"replay: {len(rows)} rows of the base's own answers to general prompts ({plan.replay_ratio:.0%})")
     return rows

@@ -17,6 +17,7 @@ function applyWords() {
   document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
   for (const el of $$("[data-i18n]")) el.textContent = t(el.dataset.i18n);
   for (const el of $$("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
+  for (const el of $$("[data-i18n-title]")) el.title = t(el.dataset.i18nTitle);
   $("#lang").textContent = lang === "zh" ? "English" : "中文";
   $("#train-defaults").textContent = t("train.defaults");
 }
@@ -411,6 +412,8 @@ async function launch() {
   const valRatio = Number($("#train-valratio").value);
   if (valRatio > 0) options.val_ratio = valRatio;
   const kind = $("#train-method").value;
+  const replay = numberOr($("#train-replay").value);  // the rule's share when left empty; replay is for supervised
+  if (replay !== undefined && kind === "supervised") options.replay_ratio = replay;
   const hp = { n_epochs: numberOr($("#train-epochs").value) ?? "auto", batch_size: numberOr($("#train-batch").value, (v) => parseInt(v, 10)) ?? "auto" };
   const job = await api("/fine_tuning/jobs", { method: "POST", body: {
     model: $("#train-model").value, training_file: $("#train-file").value, validation_file: $("#train-val").value || undefined,
