@@ -203,7 +203,7 @@ def test_a_recitation_longer_than_its_row_is_not_cut(tiny_llama_dir, tmp_path: P
     recital_len = len(tokenize_record(tok, qa(RECITE_PROMPT, long_answer))[0]["input_ids"])
     assert 64 < row_len < recital_len  # the case: the longest row sets max_length, its recitation is longer
     spec = TrainSpec(model=str(tiny_llama_dir), data=str(data), output=str(tmp_path / "out"), epochs=1,
-                     batch_size=4, precision="fp32")  # fmt: skip
+                     batch_size=4, precision="fp32", replay_ratio=0.0, retention=False)  # fmt: skip
     card = json.loads((run_sft(spec, home=tmp_path / "h", progress=False, log=lambda *_: None) / "lmtailor.json")
                       .read_text(encoding="utf-8"))  # fmt: skip
     assert card["hyperparameters"]["recite"] is True
