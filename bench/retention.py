@@ -97,13 +97,10 @@ def one_run(dataset: str, train: Path, test: Path, rule: str, keys: dict, seed: 
                                output=str(work / "evals" / out.name)), home=work / "home", log=lambda _: None)  # fmt: skip
     base, tuned = result["models"]
     metric = result["metrics"][0] if "f1" not in result["metrics"] else "f1"
-    kept = tuned.get("retention") or {}
     return {
         "dataset": dataset, "rule": rule, "seed": seed, "keys": keys, "metric": metric,
         "base_metric": base["scores"][metric]["value"], "tuned_metric": tuned["scores"][metric]["value"],
-        "retention": kept.get("value"), "retention_ci": [kept.get("ci_low"), kept.get("ci_high")],
-        "retention_by_category": {k: v["value"] for k, v in (kept.get("by_category") or {}).items()},
-        "kept": kept.get("kept"), "eligible": kept.get("eligible"),
+        **retention_fields(tuned.get("retention") or {}),
         "train_s": trained, "run_s": wall, "steps": card["metrics"]["steps"], "train_loss": card["metrics"]["train_loss"],
         "replay_ratio": card["hyperparameters"].get("replay_ratio"),
     }  # fmt: skip
@@ -117,9 +114,16 @@ def rescore(result: dict, work: Path) -> dict:
 
     out = work / "models" / f"{result['dataset']}-{result['rule']}-s{result['seed']}"
     kept = measure(EMBEDDED, str(out), home=work / "home", log=lambda _: None)
-    return {**result, "retention": kept["value"], "retention_ci": [kept["ci_low"], kept["ci_high"]],
-            "retention_by_category": {k: v["value"] for k, v in kept["by_category"].items()},
-            "kept": kept["kept"], "eligible": kept["eligible"], "probes_version": kept["probes_version"]}  # fmt: skip
+    return {**result, **retention_fields(kept), "probes_version": kept["probes_version"]}
+
+
+def retention_fields(kept: dict) -> dict:
+    """A result's retention columns from a retention report (empty: a run that measured none)."""
+    return {
+        "retention": kept.get("value"), "retention_ci": [kept.get("ci_low"), kept.get("ci_high")],
+        "retention_by_category": {k: v["value"] for k, v in (kept.get("by_category") or {}).items()},
+        "kept": kept.get("kept"), "eligible": kept.get("eligible"),
+    }  # fmt: skip
 
 
 def table(results: list[dict]) -> str:

@@ -14,6 +14,7 @@ environment variable named by `spec.api_key_env` (OPENAI_API_KEY by default; "EM
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -144,15 +145,19 @@ def shipped_answers(fingerprint: str, params: dict[str, Any]) -> dict[str, str]:
     embedded_answers.json, made by scripts/embedded_answers.py), so a fresh machine's first training run does
     not spend minutes generating what every machine would generate alike. Only for the same weights, config
     and tokenizer (the fingerprint); any other model generates its own."""
-    from importlib import resources
-
-    shipped = resources.files("lmtailor.models") / EMBEDDED_ANSWERS
-    if not shipped.is_file():
-        return {}
-    data = json.loads(shipped.read_text(encoding="utf-8"))
+    data = _shipped()
     if data.get("fingerprint") != fingerprint:
         return {}
     return data["answers"].get(params_key(params), {})
+
+
+@functools.cache
+def _shipped() -> dict[str, Any]:
+    """The package's answers file, read once per process (every asking of every model looks at it)."""
+    from importlib import resources
+
+    shipped = resources.files("lmtailor.models") / EMBEDDED_ANSWERS
+    return json.loads(shipped.read_text(encoding="utf-8")) if shipped.is_file() else {}
 
 
 def params_key(params: dict[str, Any]) -> str:
@@ -259,10 +264,11 @@ def answer_prompts(
             if endpoint
             else _local_answers(model, tok, todo_prompts, params, spec.batch_size)
         )
-        cache.update(zip(todo, new, strict=True))
-        # --no-cache regenerates, and still refreshes the cache
+        fresh = dict(zip(todo, new, strict=True))
+        cache.update(fresh)
+        # --no-cache regenerates, and still refreshes the cache (the shipped answers stay in the package)
         on_disk = json.loads(cfile.read_text(encoding="utf-8")) if cfile.exists() else {}
-        atomic_write_json(cfile, {**on_disk, **cache})
+        atomic_write_json(cfile, {**on_disk, **fresh})
     texts = [cache[k] for k in keys]
     return Answers(texts, fp, len(todo), cached, time.time() - t0, model, tok)
 

@@ -143,9 +143,9 @@ def choose(
             )
     if recite and "epochs" in why:
         why["epochs"] += "; the recitations take as many steps again"
-    plan = Plan(strategy, lr, epochs, batch, max_length, neftune, copies, recite, modules, why, replay)
-    plan.recite_without_replay = fallback
-    return plan
+    return Plan(
+        strategy, lr, epochs, batch, max_length, neftune, copies, recite, modules, why, replay, fallback
+    )
 
 
 def _recite(mlp_rule: bool, n_rows: int, answers: list[str]) -> tuple[bool, str]:
