@@ -67,9 +67,9 @@ def data(tmp_path, write_chat) -> Path:
 @pytest.fixture
 def spec(tmp_path) -> Path:
     """NEFTune off: its embedding noise is drawn per process, so with it two processes are alike in
-    distribution only, not step for step."""
+    distribution only, not step for step. Replay and retention off: the steps counted are the user's rows'."""
     path = tmp_path / "spec.yaml"
-    path.write_text("neftune_alpha: 0\n", encoding="utf-8")
+    path.write_text("neftune_alpha: 0\nreplay_ratio: 0\nretention: false\n", encoding="utf-8")
     return path
 
 
