@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser bytecode quickstart test test-fast lint bench clean
+.PHONY: install system browser bytecode quickstart test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -22,17 +22,20 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(VENV)/bin/lmtailor quickstart
 
-# The web console's tests drive Debian's Chromium through Playwright; a CJK font draws the Chinese interface
-# (and the Chinese PDF fixtures of tests/unit/test_documents.py).
-browser:
-	@test -x /usr/bin/chromium && fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei; }
+# Debian packages: the web console's tests drive Chromium through Playwright; a CJK font draws the Chinese
+# interface (and the Chinese PDF fixtures of tests/unit/test_documents.py); bubblewrap is the python graders'
+# sandbox (src/lmtailor/graders/sandbox.py; `lmtailor serve` refuses python graders without it).
+system:
+	@test -x /usr/bin/chromium && test -x /usr/bin/bwrap && fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei bubblewrap; }
+
+browser: system
 
 # The whole suite, end-to-end tests on the real 135M model included (one process: 2 cores, no thread fights).
-test: $(STAMP) browser bytecode
+test: $(STAMP) system bytecode
 	$(PY) -m pytest -q --durations=15
 
-test-fast: $(STAMP) browser bytecode
+test-fast: $(STAMP) system bytecode
 	$(PY) -m pytest -q -m "not slow"
 
 # Every module's bytecode, on all cores (test files written for a newer Python, such as torch's py312_intrinsics.py

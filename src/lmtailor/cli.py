@@ -382,6 +382,12 @@ def serve(
     ] = None,
     workers: Annotated[int, typer.Option(help="jobs run at once, each in its own process")] = 1,
     max_upload_mb: Annotated[float, typer.Option(help="largest file accepted by POST /v1/files")] = 2048,
+    trust_graders: Annotated[
+        bool,
+        typer.Option(
+            help="run python graders even where no sandbox (bubblewrap) can: with the server's rights"
+        ),
+    ] = False,
     home: HomeOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -399,7 +405,7 @@ def serve(
                    engine=engine, tensor_parallel_size=tensor_parallel_size, max_batch=max_batch,
                    max_queue=max_queue, timeout=timeout, memory_gb=memory_gb, dtype=dtype,
                    trust_remote_code=trust_remote_code, home=home, console=console, db=db, workers=workers,
-                   max_upload_mb=max_upload_mb)  # fmt: skip
+                   max_upload_mb=max_upload_mb, trust_graders=trust_graders)  # fmt: skip
 
 
 @models_app.command("list")

@@ -56,3 +56,24 @@ def test_a_model_grader_asks_a_model_this_server_serves(graders_server, lively_l
     missing = graders.run(grader=score | {"model": "no-such-model"}, model_sample="Paris", item={})
     assert missing.metadata.errors.model_grader_server_error
     assert "does not exist" in missing.metadata.errors.model_grader_server_error_details
+
+
+def test_a_python_grader_sent_to_the_server_cannot_read_the_host(graders_server, monkeypatch):
+    from lmtailor.graders import sandbox
+
+    graders = graders_server.client().fine_tuning.alpha.graders
+    nosy = {"type": "python", "name": "nosy",
+            "source": "def grade(sample, item):\n    return len(open('/etc/passwd').read())\n"}  # fmt: skip
+    got = graders.run(grader=nosy, model_sample="x", item={})
+    assert got.reward == 0.0 and got.metadata.errors.python_grader_runtime_error
+    assert "/etc/passwd" in got.metadata.errors.python_grader_runtime_error_details
+    monkeypatch.setenv(sandbox.BWRAP_ENV, "/nonexistent/bwrap")  # a machine where no sandbox can be made
+    monkeypatch.delenv(sandbox.TRUST_ENV, raising=False)
+    sandbox.unavailable.cache_clear()
+    try:
+        with pytest.raises(openai.BadRequestError) as e:
+            graders.run(grader=nosy, model_sample="x", item={})
+        assert e.value.body["param"] == "grader" and "--trust-graders" in e.value.body["message"]
+    finally:
+        monkeypatch.undo()
+        sandbox.unavailable.cache_clear()

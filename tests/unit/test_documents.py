@@ -80,7 +80,7 @@ def write_pdf(doc, path: Path) -> None:
     if doc is ZH:
         font = next((f for f in CJK_FONTS if f.exists()), None)
         if font is None:
-            pytest.fail("no CJK font for the Chinese PDF: `make browser` installs fonts-wqy-zenhei")
+            pytest.fail("no CJK font for the Chinese PDF: `make system` installs fonts-wqy-zenhei")
         pdf.add_font("cjk", fname=str(font))
         pdf.set_font("cjk", size=11)
     else:

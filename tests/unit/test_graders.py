@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -197,3 +198,78 @@ def test_a_grader_that_starts_a_process_is_stopped_with_it():
     assert (
         got.value == 1.0 and time.monotonic() - start < 5
     )  # the sleeping child does not hold the result back
+
+
+def probe(body: str) -> str:
+    """A grader whose grade() runs `body` (indented) and returns its number."""
+    return "import os\ndef grade(sample, item):\n" + "".join(f"    {line}\n" for line in body.splitlines())
+
+
+def test_a_python_grader_sees_nothing_of_the_host_and_writes_only_its_scratch(tmp_path, monkeypatch):
+    from lmtailor.graders import sandbox
+
+    assert sandbox.unavailable() is None, sandbox.unavailable()  # make test installs bubblewrap
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "jobs.db").write_text("the job store")
+    monkeypatch.setenv("LMTAILOR_HOME", str(home))
+    monkeypatch.setenv("LMTAILOR_API_KEY", "sk-server-secret")  # the server's environment
+    for path in ("/etc/passwd", str(home / "jobs.db")):
+        got = run_python(probe(f"return len(open({path!r}).read())"), {}, {})
+        assert got.value is None and got.kind == "runtime", (path, got)
+        assert "Error" in got.error and path in got.error
+    outside = run_python(probe(f"open({str(tmp_path / 'planted')!r}, 'w').write('x')\nreturn 1"), {}, {})
+    assert outside.kind == "runtime" and not (tmp_path / "planted").exists()
+    assert run_python(probe("open('/usr/planted', 'w')\nreturn 1"), {}, {}).kind == "runtime"
+    scratch = run_python(
+        probe("open('/scratch/a', 'w').write('ok')\nreturn len(open('/scratch/a').read())"), {}, {}
+    )
+    assert scratch.value == 2.0, scratch
+    assert run_python(probe("return float('sk-server-secret' in str(os.environ))"), {}, {}).value == 0.0
+    assert run_python(probe("return len([p for p in os.listdir('/proc') if p.isdigit()])"), {}, {}).value <= 2
+    if os.geteuid() == 0:  # a root server's grader runs as nobody
+        assert run_python(probe("return os.getuid()"), {}, {}).value == 65534.0
+    numpy = run_python(
+        "import numpy\ndef grade(sample, item):\n    return float(numpy.mean([1, 2]))\n", {}, {}
+    )
+    assert numpy.value == 1.5, numpy  # the environment's packages are there, read-only
+
+
+def test_a_python_grader_keeps_to_its_process_and_output_limits():
+    from lmtailor.graders.python_runner import OUTPUT_LIMIT, PROCESS_LIMIT
+
+    forks = run_python(probe("import time\nn = 0\ntry:\n    for _ in range(200):\n        if os.fork() == 0:\n"
+                             "            time.sleep(3)\n            os._exit(0)\n        n += 1\nexcept OSError:\n"
+                             "    pass\nreturn n"), {}, {})  # fmt: skip
+    assert forks.value is not None and forks.value < PROCESS_LIMIT, forks
+    big = run_python(
+        probe(f"open('/scratch/big', 'wb').write(b'x' * {OUTPUT_LIMIT + (1 << 20)})\nreturn 1"), {}, {}
+    )
+    assert big.value is None and "File too large" in big.error, big
+    spam = run_python(
+        probe(f"import sys\nsys.stderr.write('x' * {OUTPUT_LIMIT + (1 << 20)})\nreturn 1"), {}, {}
+    )
+    assert spam.value is None and "File too large" in spam.error, spam  # its stderr too
+
+
+def test_without_a_sandbox_a_server_refuses_python_graders_unless_its_operator_trusts_them(monkeypatch):
+    from lmtailor.graders import sandbox
+
+    grader = {"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 0.5\n"}
+    monkeypatch.setenv(sandbox.BWRAP_ENV, "/nonexistent/bwrap")  # a machine without bubblewrap
+    sandbox.unavailable.cache_clear()
+    try:
+        monkeypatch.delenv(sandbox.TRUST_ENV, raising=False)
+        why = check(grader, "grader", server=True)
+        assert "bubblewrap" in why and "--trust-graders" in why and why.startswith("grader: ")
+        assert check({"type": "multi", "name": "m", "graders": {"p": grader}, "calculate_output": "p"},
+                     server=True).startswith("grader.graders.p: ")  # fmt: skip
+        assert check(grader) is None and run_python(grader["source"], {}, {}).value == 0.5  # a CLI run: yours
+        monkeypatch.setenv(sandbox.TRUST_ENV, "0")  # a server's job process
+        refused = run_python(grader["source"], {}, {})
+        assert refused.value is None and "bubblewrap" in refused.error and check(grader) is not None
+        monkeypatch.setenv(sandbox.TRUST_ENV, "1")  # lmtailor serve --trust-graders
+        assert check(grader, server=True) is None and run_python(grader["source"], {}, {}).value == 0.5
+    finally:
+        monkeypatch.undo()
+        sandbox.unavailable.cache_clear()

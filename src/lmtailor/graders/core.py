@@ -62,8 +62,9 @@ class Result:
 # ---- checking a grader object ----------------------------------------------------------------------------
 
 
-def check(grader, where: str = "grader") -> str | None:
-    """Why `grader` cannot be used, naming the key, or None."""
+def check(grader, where: str = "grader", server: bool = False) -> str | None:
+    """Why `grader` cannot be used, naming the key, or None. `server`: asked of a server, which runs python
+    graders only in a sandbox unless its operator trusts them (graders/sandbox.py)."""
     if not isinstance(grader, dict):
         return f"{where}: a grader object"
     kind = grader.get("type")
@@ -82,8 +83,11 @@ def check(grader, where: str = "grader") -> str | None:
     if kind == "text_similarity" and grader["evaluation_metric"] not in METRICS:
         return f"{where}.evaluation_metric: one of {', '.join(METRICS)}"
     if kind == "python":
+        from lmtailor.graders import sandbox
         from lmtailor.graders.python_runner import check_source
 
+        if sandbox.unavailable() and not sandbox.trusted(server):
+            return f"{where}: {sandbox.refusal()}"
         why = check_source(str(grader["source"]))
         return f"{where}.source: {why}" if why else None
     if kind in ("score_model", "label_model"):
@@ -110,7 +114,7 @@ def check(grader, where: str = "grader") -> str | None:
         if not isinstance(subs, dict) or not subs:
             return f"{where}.graders: an object of named graders"
         for name, sub in subs.items():
-            if why := check(sub, f"{where}.graders.{name}"):
+            if why := check(sub, f"{where}.graders.{name}", server):
                 return why
         from lmtailor.graders.formula import FormulaError, parse
 

@@ -1,12 +1,14 @@
-"""The python grader: `def grade(sample, item) -> float` run in a child process with a time limit, a memory
-limit and no network.
+"""The python grader: `def grade(sample, item) -> float` run in a child process with limits on time, memory,
+processes and output, and no network.
 
-No network: the child first tries to enter a new network namespace of its own (Linux `unshare`: as root, or
-inside a new user namespace where the kernel allows those), where no interface but an unconnected loopback
-exists; where neither is allowed it replaces the socket module's constructors, which stops ordinary code
-but not a determined one (a subprocess, say). Memory: RLIMIT_AS. Time: the child and everything it started
-(its own process group) are killed at the limit. The child runs as the server's user and can read what
-that user can: run a server that accepts graders from others as a dedicated user.
+Where the machine can (graders/sandbox.py), the child runs in a bubblewrap sandbox: it sees a read-only Python
+and private scratch folders, nothing of the host's files, environment, processes or network, and runs as
+nobody when the server runs as root. Where it cannot, a server refuses python graders unless its operator
+trusts them (`lmtailor serve --trust-graders`); a trusted grader then runs as the server's user with the same
+limits, and no network: the child first tries to enter a new network namespace of its own (Linux `unshare`: as
+root, or inside a new user namespace where the kernel allows those), else replaces the socket module's
+constructors, which stops ordinary code but not a determined one. Time: the child and everything it started (its
+own process group; in the sandbox, its PID namespace) are killed at the limit.
 """
 
 from __future__ import annotations
@@ -18,19 +20,31 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 TIME_LIMIT = 10.0  # seconds per call
 MEMORY_LIMIT = 1 << 30  # bytes of address space
+PROCESS_LIMIT = 32  # processes and threads (in the sandbox: its own; trusted, the server user's beyond those)
+OUTPUT_LIMIT = 16 << 20  # bytes any one file the grader writes may reach (its stderr included)
 
 CHILD = r"""
-import ctypes, json, resource, sys
-limit = int(sys.argv[2])
-resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-isolated = False
+import ctypes, json, os, resource, sys, traceback
+payload_file, limit, result_file, nproc, output, mode = sys.argv[1:7]
+payload = json.load(open(payload_file, encoding="utf-8"))
+out = open(result_file, "w", encoding="utf-8")  # both opened before the privileges go
+if mode == "nobody":  # the sandbox as root: the grader owns nothing, and its processes are counted
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+for name, value in (("RLIMIT_AS", int(limit)), ("RLIMIT_NPROC", int(nproc)), ("RLIMIT_FSIZE", int(output)),
+                    ("RLIMIT_CORE", 0)):
+    which = getattr(resource, name)
+    hard = resource.getrlimit(which)[1]  # a limit can only be lowered
+    value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    resource.setrlimit(which, (value, value))
+isolated = mode != "trusted"  # the sandbox has a network namespace of its own
 try:
     libc = ctypes.CDLL(None, use_errno=True)
     # a new network namespace: as root directly, else inside a new user namespace where that is allowed
-    isolated = libc.unshare(0x40000000) == 0 or libc.unshare(0x10000000 | 0x40000000) == 0
+    isolated = isolated or libc.unshare(0x40000000) == 0 or libc.unshare(0x10000000 | 0x40000000) == 0
 except Exception:
     pass
 if not isolated:
@@ -43,10 +57,9 @@ if not isolated:
         _socket.socket = _no_network
     except ImportError:
         pass
-payload = json.load(open(sys.argv[1], encoding="utf-8"))
 def report(result):
-    with open(sys.argv[3], "w", encoding="utf-8") as f:
-        json.dump(result, f)
+    json.dump(result, out)
+    out.close()
 namespace = {"__name__": "grader"}
 try:
     exec(compile(payload["source"], "<grader>", "exec"), namespace)
@@ -55,7 +68,6 @@ except MemoryError:
     report({"error": "the grader ran out of its memory limit"})
     sys.exit(0)
 except BaseException as e:
-    import traceback
     report({"error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc(limit=3)})
     sys.exit(0)
 if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -98,15 +110,29 @@ def check_source(source: str) -> str | None:
 
 def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
                memory_limit: int = MEMORY_LIMIT) -> PythonResult:  # fmt: skip
+    from lmtailor.graders import sandbox
+    from lmtailor.home import home_dir
+
     start = time.monotonic()
+    if sandbox.unavailable() and not sandbox.trusted():
+        return PythonResult(None, sandbox.refusal(), "server", 0.0)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
         json.dump({"source": source, "sample": sample, "item": item}, f)
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
     result = f.name + ".out"
+    open(result, "w").close()  # the one host file the sandbox may write, bound into it
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+    if sandbox.unavailable():  # trusted: the server user's view of the files, its processes counted too
+        mode, nproc = "trusted", _processes() + PROCESS_LIMIT
+        argv = [sys.executable, "-I", "-c", CHILD, f.name, str(memory_limit), result]
+    else:
+        mode, nproc = ("nobody" if sandbox.as_root() else "sandbox"), PROCESS_LIMIT
+        argv = [sys.executable, "-I", "-c", CHILD, sandbox.PAYLOAD, str(memory_limit), sandbox.RESULT]
+    argv += [str(nproc), str(OUTPUT_LIMIT), mode]
+    if mode != "trusted":
+        argv = sandbox.sandboxed(argv, f.name, result, home_dir(None))
     with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
         # the result comes through a file: a process the grader started may hold stdout open long after
-        proc = subprocess.Popen([sys.executable, "-I", "-c", CHILD, f.name, str(memory_limit), result],
-                                stdout=subprocess.DEVNULL, stderr=errors, env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, env=env, stdin=subprocess.DEVNULL,
                                 start_new_session=True)  # fmt: skip
         try:
             proc.wait(timeout=time_limit)
@@ -117,15 +143,16 @@ def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
             _kill_group(proc)  # anything the grader started dies with it
             os.unlink(f.name)
         errors.seek(0)
-        stderr = errors.read()
+        stderr = errors.read(64 << 10)
     seconds = time.monotonic() - start
     try:
         with open(result, encoding="utf-8") as r:
-            got = json.load(r)
-        os.unlink(result)
+            got = json.loads(r.read(1 << 20) or "null")
     except (OSError, json.JSONDecodeError):
         got = None
-    if got is None:
+    finally:
+        Path(result).unlink(missing_ok=True)
+    if not isinstance(got, dict):
         if timed_out:
             return PythonResult(
                 None, f"the grader ran past its time limit of {time_limit:g} s", "timeout", seconds
@@ -133,5 +160,20 @@ def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
         why = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return PythonResult(None, f"the grader process failed: {why}", "server", seconds)
     if "error" in got:
-        return PythonResult(None, got["error"], "runtime", seconds)
-    return PythonResult(got["value"], None, None, seconds)
+        return PythonResult(None, str(got["error"]), "runtime", seconds)
+    if not isinstance(got.get("value"), int | float):
+        return PythonResult(None, "the grader process gave no value", "server", seconds)
+    return PythonResult(float(got["value"]), None, None, seconds)
+
+
+def _processes() -> int:
+    """Processes and threads of this user now (RLIMIT_NPROC counts them all, the server's own included)."""
+    uid, count = os.getuid(), 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        except OSError:
+            continue
+        if int(fields.get("Uid", "-1").split()[0]) == uid:
+            count += int(fields.get("Threads", "1"))
+    return count

@@ -47,14 +47,14 @@ def add_grader_routes(app: FastAPI, guard: list) -> None:
     @app.post("/v1/fine_tuning/alpha/graders/validate", dependencies=guard)
     async def validate(body: dict):
         grader = body.get("grader")
-        if why := check(grader):
+        if why := check(grader, server=True):
             raise ApiError(400, why, param=why.split(":", 1)[0])
         return {"grader": grader}
 
     @app.post("/v1/fine_tuning/alpha/graders/run", dependencies=guard)
     async def run(body: dict, request: Request):
         grader = body.get("grader")
-        if why := check(grader):
+        if why := check(grader, server=True):
             raise ApiError(400, why, param=why.split(":", 1)[0])
         sample = body.get("model_sample")
         if not isinstance(sample, str):

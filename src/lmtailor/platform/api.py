@@ -437,7 +437,7 @@ def _reinforcement(section: dict, hp: dict) -> dict:
     from lmtailor.graders.core import check
 
     grader = section.get("grader")
-    if why := check(grader, "method.reinforcement.grader"):
+    if why := check(grader, "method.reinforcement.grader", server=True):
         raise ApiError(400, why, param=why.split(":", 1)[0])
     out: dict = {"method": "reinforcement", "grader": grader}
     for key, target in (("eval_interval", "eval_steps"), ("eval_samples", "eval_samples")):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 from lmtailor.errors import LmtailorError
@@ -37,7 +38,7 @@ def check_binding(host: str, api_key: str | None) -> None:
 def run_server(models=None, host="127.0.0.1", port=8000, api_key=None, engine="auto", tensor_parallel_size=1,
                db=None, workers=1, max_upload_mb=2048,
                max_batch=None, max_queue=64, timeout=600.0, memory_gb=None, dtype="auto", trust_remote_code=False, home=None,
-               console=None) -> None:  # fmt: skip
+               console=None, trust_graders=False) -> None:  # fmt: skip
     import uvicorn
 
     from lmtailor.platform.store import Store
@@ -46,6 +47,15 @@ def run_server(models=None, host="127.0.0.1", port=8000, api_key=None, engine="a
     from lmtailor.serve.pool import ModelPool
 
     check_binding(host, api_key)
+    from lmtailor.graders import sandbox
+
+    os.environ[sandbox.TRUST_ENV] = (
+        "1" if trust_graders else "0"
+    )  # its job processes inherit the operator's word
+    if console and (why := sandbox.unavailable()):
+        console.print(
+            f"python graders: {'run unsandboxed (--trust-graders)' if trust_graders else 'refused'}: {why}"
+        )
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise LmtailorError(f"unknown --dtype {dtype!r}: use auto, bfloat16, float16 or float32")
     store = Store(home, db)

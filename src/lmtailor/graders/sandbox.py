@@ -1,0 +1,125 @@
+"""Where python graders run: a bubblewrap sandbox (Debian's `bubblewrap`, the tool Flatpak isolates its apps with).
+
+    argv = sandboxed(argv, payload, result)          bwrap: new mount, PID, network, IPC and UTS namespaces; a
+                                                     read-only view of /usr and of the Python installation (the
+                                                     virtual environment's packages included); private, size-
+                                                     limited /tmp and /scratch; no /etc (but the loader's cache),
+                                                     no home, no lmtailor home, an empty environment; the payload
+                                                     read-only and the result file the one host file it may write
+    why  = unavailable()                             None where the sandbox works on this machine, else why not
+    ok   = trusted(server)                           whether graders may run without it (lmtailor serve
+                                                     --trust-graders; a CLI run is the user's own code)
+
+As root, bwrap makes no user namespace: the child reads its payload and opens its result as root, then becomes
+nobody (65534) before the grader's code runs, so it owns no file and RLIMIT_NPROC counts its processes. As
+another user, bwrap makes a user namespace (where the kernel allows them) and the child stays that user.
+Where bwrap is missing or cannot make its namespaces (a container without them), the server refuses python
+graders unless its operator trusts them: they run then as before, in a child process with the same limits and
+no network, but with the server user's view of the files (python_runner.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+TRUST_ENV = (
+    "LMTAILOR_TRUST_GRADERS"  # "1" trusted, "0" not (lmtailor serve sets it); unset: a CLI run, trusted
+)
+BWRAP_ENV = "LMTAILOR_BWRAP"  # the bwrap program (default: bwrap on PATH)
+NOBODY = 65534
+SCRATCH_BYTES = 64 << 20  # each of /tmp and /scratch
+PAYLOAD, RESULT = "/io/payload.json", "/io/result.json"  # where the sandbox sees them
+
+
+def trusted(server: bool = False) -> bool:
+    """Whether a python grader may run unsandboxed: the operator said so (TRUST_ENV "1"), or, where nobody said
+    anything (TRUST_ENV unset), outside a server: the user's own grader in the user's own CLI run."""
+    said = os.environ.get(TRUST_ENV)
+    return said == "1" or (said is None and not server)
+
+
+def as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _readable_roots() -> list[str]:
+    """The Python installation and the virtual environment, outside /usr (bound whole)."""
+    roots = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix)}
+    roots.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))  # bin/python's installation
+    return sorted(r for r in roots if r != "/" and not r.startswith("/usr/"))
+
+
+def sandboxed(argv: list[str], payload: str, result: str, home: str | Path | None = None) -> list[str]:
+    """`argv` run inside bwrap, with `payload` at PAYLOAD (read-only) and `result` at RESULT (writable)."""
+    bwrap = os.environ.get(BWRAP_ENV) or shutil.which("bwrap") or "bwrap"
+    cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+           "--unshare-uts", "--unshare-cgroup-try"]  # fmt: skip
+    if not as_root():
+        cmd.append(
+            "--unshare-user"
+        )  # unprivileged bwrap needs one; root keeps none, to become nobody outside
+    cmd += ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            cmd += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            cmd += ["--ro-bind", top, top]
+    cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    made: set[str] = set()
+    for root in _readable_roots():  # its parents made traversable: bwrap would make them 0700, root's
+        for parent in reversed(Path(root).parents[:-1]):
+            if str(parent) not in made and not _under(parent, ["/usr"]):
+                made.add(str(parent))
+                cmd += ["--perms", "0755", "--dir", str(parent)]
+        cmd += ["--ro-bind", root, root]
+    if home is not None:  # a home inside a bound installation stays out of sight
+        cmd += ["--tmpfs", os.path.realpath(home)] if _under(home, _readable_roots()) else []
+    cmd += ["--proc", "/proc", "--dev", "/dev"]
+    for scratch in ("/tmp", "/scratch"):  # world-writable as /tmp is: as root the grader is nobody by then
+        cmd += ["--perms", "1777", "--size", str(SCRATCH_BYTES), "--tmpfs", scratch]
+    cmd += ["--ro-bind", payload, PAYLOAD, "--bind", result, RESULT, "--chdir", "/scratch", "--clearenv",
+            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/scratch", "--setenv", "TMPDIR", "/tmp",
+            "--setenv", "PYTHONIOENCODING", "utf-8", "--setenv", "OMP_NUM_THREADS", "1", "--"]  # fmt: skip
+    return cmd + argv
+
+
+def _under(path: str | Path, roots: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """Why python graders cannot be sandboxed here (bwrap missing, or unable to make its namespaces), or None.
+    Tried once per process: a sandboxed Python that imports json."""
+    import tempfile
+
+    bwrap = os.environ.get(BWRAP_ENV) or shutil.which("bwrap")
+    if not bwrap or not os.path.exists(bwrap):
+        return "bubblewrap (bwrap) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
+    with tempfile.TemporaryDirectory(prefix="lmtailor-sandbox-") as tmp:
+        payload, result = os.path.join(tmp, "payload"), os.path.join(tmp, "result")
+        for path in (payload, result):
+            Path(path).touch()
+        argv = [sys.executable, "-I", "-c", "import json, sys; open(sys.argv[1], 'w').write('ok')", RESULT]
+        try:
+            done = subprocess.run(sandboxed(argv, payload, result), capture_output=True, text=True, timeout=60,
+                                  stdin=subprocess.DEVNULL)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"bubblewrap failed to start: {e}"
+        if done.returncode != 0 or Path(result).read_text() != "ok":
+            why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            return f"bubblewrap cannot make its sandbox here: {why}"
+    return None
+
+
+def refusal() -> str:
+    return (
+        f"python graders run only in a sandbox on this server, and {unavailable()}; the operator may run them "
+        "unsandboxed, with the server's view of the files, by starting it with --trust-graders"
+    )
