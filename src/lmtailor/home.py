@@ -24,10 +24,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        keep_mode(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def keep_mode(tmp: str | Path, path: Path) -> None:
+    """Give a temporary file about to replace `path` the mode `path` has (0644 for a new file): mkstemp makes
+    it 0600, which would leave cards, reports and data unreadable to the group and others."""
+    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

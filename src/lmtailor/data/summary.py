@@ -13,6 +13,7 @@ from typing import Any
 
 from lmtailor.data.records import Record
 from lmtailor.data.validate import token_length
+from lmtailor.home import keep_mode
 
 
 def summarize(
@@ -75,7 +76,7 @@ def write_jsonl(records: Iterable[Record], path: str | Path) -> int:
                 # default=str: Parquet extra columns may hold dates or decimals
                 f.write(json.dumps(rec.to_chat(), ensure_ascii=False, default=str) + "\n")
                 count += 1
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)  # mkstemp makes it 0600
+        keep_mode(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
