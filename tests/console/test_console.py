@@ -102,6 +102,41 @@ def test_a_bad_line_is_named_and_the_good_rows_previewed(page, tmp_path, lively_
     shot(page, "data")
 
 
+def test_hostile_names_and_rows_are_shown_as_text_and_run_nothing(page, tmp_path, lively_llama_dir):
+    """A file name and data rows made of HTML: the console shows them as text, and none of their script runs
+    (each would set window.__xss)."""
+    tags = ['<img src=x onerror="window.__xss=1">', "<script>window.__xss=2</script>",
+            '<svg onload="window.__xss=3"></svg>']  # fmt: skip
+    data = tmp_path / "<img src=x onerror=window.__xss=4>.jsonl"
+    lines = chat_lines([(f"Question {t}", f"Answer {t}") for t in tags]).splitlines()
+    lines.append('{"messages": [{"role": "user", "content": "<b onmouseover=window.__xss=5>cut')  # a bad line
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    page.goto(page.url.split("#")[0] + "#data")
+    page.evaluate("window.__xss = undefined")
+    page.select_option("#data-model", lively_llama_dir.name)
+    page.set_input_files("#data-upload", str(data))
+    page.click("#data-upload-go")  # the preview of this file, not the one an earlier test uploaded
+    page.wait_for_function(
+        "(t) => document.querySelector('#data-preview').innerText.includes(t)", arg=tags[1]
+    )
+    preview = page.inner_text("#data-preview")
+    assert all(t in preview for t in tags), preview  # the markup itself, as text
+    assert data.name in page.inner_text("#data-errors") and data.name in page.inner_text("#data-files")
+    assert (
+        page.locator("#data-preview img, #data-preview script, #data-preview svg, #data-errors b").count()
+        == 0
+    )
+    page.goto(page.url.split("#")[0] + "#train")  # the file's name in the train page's lists too
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__xss") is None
+    # the negative control: the same markup put in as HTML does run here
+    page.evaluate(
+        "(t) => { const d = document.createElement('div'); d.innerHTML = t; document.body.append(d); }",
+        tags[0],
+    )
+    page.wait_for_function("window.__xss === 1")
+
+
 def test_training_shows_a_growing_curve_then_the_tuned_model(page, console, tmp_path, lively_llama_dir):
     client = console.client()
     data = tmp_path / "train.jsonl"

@@ -198,6 +198,20 @@ def test_requests_the_jobs_api_refuses(platform, lively_llama_dir, tmp_path):
     with pytest.raises(openai.APIStatusError) as e:
         client.files.create(file=("big.jsonl", b"x" * 1_100_000), purpose="fine-tune")
     assert e.value.status_code == 413
+    from lmtailor.platform.store import File
+
+    home = Path(platform.store.home)
+    for name in ("../../escaped.jsonl", "/tmp/lmtailor-absolute.jsonl"):  # names that point out of the home
+        up = client.files.create(
+            file=(name, chat_file(tmp_path / "rows.jsonl").read_bytes()), purpose="fine-tune"
+        )
+        assert up.filename == Path(name).name and not Path("/tmp/lmtailor-absolute.jsonl").exists()
+        assert (
+            not (home.parent.parent / "escaped.jsonl").exists()
+            and not (home.parent / "escaped.jsonl").exists()
+        )
+        stored = home / platform.store.get(File, up.id).path
+        assert stored.is_file() and stored.resolve().is_relative_to(home.resolve())
     assert client.files.delete(f.id).deleted and f.id not in [x.id for x in client.files.list()]
 
 
@@ -289,6 +303,44 @@ def test_a_killed_server_resumes_its_job_after_restart(lively_llama_dir, tmp_pat
     finally:
         server.kill()
         server.wait(30)
+
+
+def test_a_killed_job_process_starts_again_from_its_checkpoint_up_to_a_limit(
+    platform, lively_llama_dir, tmp_path
+):
+    """SIGKILL the job's own process (as the OOM killer would): it starts again from its last checkpoint, with
+    an event saying why; the third time the job fails with the reason, and `resume` starts it once more, from
+    its checkpoint, to the end."""
+    from lmtailor.platform.store import Job
+    from lmtailor.platform.worker import MAX_ATTEMPTS
+
+    client = platform.client()
+    job = _long_job(client, lively_llama_dir.name, tmp_path, "oom", epochs=4)  # 128 steps
+
+    def newest() -> int:
+        return max([c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] or [0])
+
+    last = 0
+    for n in range(1, MAX_ATTEMPTS + 1):
+        last = wait_until(lambda: newest() > last and newest(), what=f"a checkpoint of process {n}")  # noqa: B023
+        os.kill(platform.store.get(Job, job.id).pid, signal.SIGKILL)
+        if n < MAX_ATTEMPTS:
+            wait_until(lambda: platform.store.get(Job, job.id).interruptions == n, what=f"restart {n}")  # noqa: B023
+    failed = wait_for(client, job.id, ("failed",), timeout=60)
+    assert failed.error.code == "process_died" and "killed by SIGKILL" in failed.error.message
+    assert f"{MAX_ATTEMPTS} interruptions, the limit" in failed.error.message
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)]
+    restarted = "The job process was killed by SIGKILL (out of memory, or killed); the job will resume from its last checkpoint"
+    assert messages.count(restarted) == MAX_ATTEMPTS - 1
+    assert messages.count("Fine-tuning job resumed from its last checkpoint") == MAX_ATTEMPTS - 1
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"  # the failed job, with its checkpoints
+    done = wait_for(client, job.id, ("succeeded", "failed", "cancelled"), timeout=600)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model in [m.id for m in client.models.list()]
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)]
+    assert (
+        messages.count("Fine-tuning job resumed from its last checkpoint") == MAX_ATTEMPTS
+    )  # not from step 0
 
 
 def _healthy(port: int) -> bool:

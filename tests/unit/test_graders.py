@@ -214,7 +214,7 @@ def test_a_python_grader_sees_nothing_of_the_host_and_writes_only_its_scratch(tm
     (home / "jobs.db").write_text("the job store")
     monkeypatch.setenv("LMTAILOR_HOME", str(home))
     monkeypatch.setenv("LMTAILOR_API_KEY", "sk-server-secret")  # the server's environment
-    for path in ("/etc/passwd", str(home / "jobs.db")):
+    for path in ("/etc/passwd", "/etc/shadow", str(home / "jobs.db")):
         got = run_python(probe(f"return len(open({path!r}).read())"), {}, {})
         assert got.value is None and got.kind == "runtime", (path, got)
         assert "Error" in got.error and path in got.error
@@ -270,6 +270,8 @@ def test_without_a_sandbox_a_server_refuses_python_graders_unless_its_operator_t
         assert refused.value is None and "bubblewrap" in refused.error and check(grader) is not None
         monkeypatch.setenv(sandbox.TRUST_ENV, "1")  # lmtailor serve --trust-graders
         assert check(grader, server=True) is None and run_python(grader["source"], {}, {}).value == 0.5
+        # the negative control of the sandbox tests above: unsandboxed, the same grader reads the host's file
+        assert run_python(probe("return len(open('/etc/passwd').read())"), {}, {}).value > 0
     finally:
         monkeypatch.undo()
         sandbox.unavailable.cache_clear()

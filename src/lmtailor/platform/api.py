@@ -248,10 +248,18 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/resume", dependencies=guard)
     async def resume_job(job_id: str):
-        _job(store, job_id)
-        if not store.transition(job_id, ("paused",), status="queued", request=None):
+        job = _job(store, job_id)
+        died = job.status == "failed" and (job.error or {}).get("code") in ("process_died", "interrupted")
+        if died and not _children(store, Checkpoint, job_id, None, 1):
+            raise ApiError(400, f"job {job_id} failed before its first checkpoint: nothing to resume from; "
+                           "create the job again", param="job_id")  # fmt: skip
+        # a paused job; or one whose process kept dying (the limit of interruptions): it gets the limit again
+        revived = died and store.transition(job_id, ("failed",), status="queued", request=None, error=None,
+                                            finished_at=None, interruptions=0)  # fmt: skip
+        if not revived and not store.transition(job_id, ("paused",), status="queued", request=None):
             job = _job(store, job_id)
-            raise ApiError(400, f"job {job_id} is {job.status}, not paused", param="job_id")
+            raise ApiError(400, f"job {job_id} is {job.status}, not paused (nor failed with checkpoints after its "
+                           "process died)", param="job_id")  # fmt: skip
         store.log(job_id, "Job resumed: it continues from its last checkpoint")
         worker.wake()
         return _job_json(store, _job(store, job_id))

@@ -83,7 +83,7 @@ class Job(Base):
     request: Mapped[str | None] = mapped_column(String(16))  # cancel | pause: asked, not yet done
     pid: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # processes started for it
-    interruptions: Mapped[int] = mapped_column(Integer, default=0)  # times a killed server left it running
+    interruptions: Mapped[int] = mapped_column(Integer, default=0)  # its server or its own process killed
     output: Mapped[str | None] = mapped_column(Text)  # the job's folder, relative to the home
     chosen: Mapped[dict | None] = mapped_column(JSON)  # hyperparameters lmtailor used
 

@@ -2,9 +2,11 @@
 
 Each job process gets this machine's cores divided by the number of workers (two PyTorch processes
 fighting over the same cores are 10-20x slower than one after the other), dies with the server (Linux's
-parent-death signal, set by the job process itself: runjob.main), and writes its own final status. On start the worker recovers what a killed server
-left behind: a job still marked running is requeued to resume from its last checkpoint, or failed with the
-reason after MAX_ATTEMPTS starts, so no job stays `running` forever.
+parent-death signal, set by the job process itself: runjob.main), and writes its own final status. A job
+process that ends without it (killed, out of memory) is started again from the job's last checkpoint; on start
+the worker recovers what a killed server left behind the same way: a job still marked running is requeued to
+resume from its last checkpoint. After MAX_ATTEMPTS interruptions of either kind the job fails with the
+reason, so no job stays `running` forever or restarts without end (`resume` may start it again).
 """
 
 from __future__ import annotations
@@ -99,17 +101,28 @@ class Worker:
                 continue
             del self.procs[job_id]
             self._kill_at.pop(job_id, None)
-            if job.request == "cancel":
-                self._finish_cancel(job_id)
-            elif self.store.transition(job_id, ACTIVE, status="failed", finished_at=now(), pid=None, error={
-                    "code": "process_died", "param": None,
-                    "message": f"the job process exited with code {code}; see jobs/{job_id}/job.log"}):  # fmt: skip
-                # it died without writing its status: out of memory, killed, a bug
-                self.store.log(job_id, f"Job failed: the job process exited with code {code}", level="error")
+            if job.status in ACTIVE:  # it died without writing its status: out of memory, killed, a bug
+                self._died(job, code)
         for job in self.store.jobs(("queued",)):
             if len(self.procs) >= self.workers:
                 break
             self._spawn(job)
+
+    def _died(self, job: Job, code: int) -> None:
+        """A job process that ended without its final status: started again from its last checkpoint (an event
+        says why), up to MAX_ATTEMPTS interruptions in all; then failed with the reason, and `resume` may still
+        start it again."""
+        how = _exit(code)
+        if job.request is None and job.interruptions + 1 >= MAX_ATTEMPTS:
+            reason = f"the job process {how}: {job.interruptions + 1} interruptions, the limit"
+            if self.store.transition(job.id, ACTIVE, status="failed", finished_at=now(), pid=None,
+                                     interruptions=job.interruptions + 1, error={"code": "process_died",
+                                     "param": None, "message": f"{reason}; see jobs/{job.id}/job.log"}):  # fmt: skip
+                self.store.log(job.id, f"Job failed: {reason}; resume starts it again from its last checkpoint",
+                               level="error")  # fmt: skip
+            return
+        self.store.transition(job.id, ACTIVE, interruptions=job.interruptions + 1)
+        self._settle(job, f"The job process {how}")
 
     def _spawn(self, job: Job) -> None:
         # claim the job before starting its process: a cancel or pause that came in since we listed the
@@ -148,6 +161,14 @@ class Worker:
             job_id, ACTIVE, status="cancelled", finished_at=now(), pid=None, request=None
         ):
             self.store.log(job_id, "Job cancelled; checkpoints written so far are kept")
+
+
+def _exit(code: int) -> str:
+    """How a process ended, in words: `was killed by SIGKILL (out of memory, or killed)`, `exited with code 1`."""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        return f"was killed by {name}" + (" (out of memory, or killed)" if -code == signal.SIGKILL else "")
+    return f"exited with code {code}"
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
