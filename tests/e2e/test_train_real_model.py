@@ -127,14 +127,16 @@ def test_replay_of_the_base_s_own_answers_on_general_chat_data(
 
 
 def test_the_shipped_answers_are_the_embedded_model_s_own(smol_dir: Path, tmp_path: Path):
-    """The embedded model's answers that come with the package (models/embedded_answers.json: the probes' and the
-    replay prompts') serve a fresh machine only because its converted model is the same (the fingerprint), and
+    """The embedded model's answers that come with the package (models/embedded_answers.json: the probes', the
+    replay prompts' and the quickstart's questions') serve a fresh machine only because its converted model is the same (the fingerprint), and
     they are what those weights answer: a sample generated here in fp32 agrees with them."""
+    from importlib import resources
+
     import torch
 
     from lmtailor.evaluate.generate import generate
     from lmtailor.evaluate.retention import MAX_NEW_TOKENS, load_probes
-    from lmtailor.evaluate.runner import model_fingerprint, prompt_hash, shipped_answers
+    from lmtailor.evaluate.runner import load_rows, model_fingerprint, prompt_hash, shipped_answers
     from lmtailor.models.loading import load_model, load_tokenizer
     from lmtailor.train.replay import REPLAY_MAX_TOKENS, load_pool
 
@@ -142,8 +144,11 @@ def test_the_shipped_answers_are_the_embedded_model_s_own(smol_dir: Path, tmp_pa
     probes = load_probes()
     shipped = shipped_answers(fingerprint, {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0})
     assert len(shipped) == len(probes)  # the model converted here is the one they came from
+    # the replay prompts' answers, and the quickstart's 50 questions asked as it asks them (the same parameters)
     replayed = shipped_answers(fingerprint, {"max_new_tokens": REPLAY_MAX_TOKENS, "temperature": 0.0})
-    assert len(replayed) == len(load_pool())
+    questions = load_rows(str(resources.files("lmtailor.quickstart") / "data" / "test.jsonl"))
+    wanted = [[{"role": "user", "content": p["prompt"]}] for p in load_pool()] + [r.prompt for r in questions]
+    assert set(replayed) == {prompt_hash(p) for p in wanted} and len(questions) == 50
     assert shipped_answers("another model", {"max_new_tokens": MAX_NEW_TOKENS, "temperature": 0.0}) == {}
     picked = probes[:: len(probes) // 8][:8]
     model = load_model(str(smol_dir), dtype=torch.float32)

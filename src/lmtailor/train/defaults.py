@@ -18,10 +18,11 @@ So: small data sets train many epochs toward that step count; large ones a few e
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from lmtailor.data.augment import CJK, RECITE_PROMPT
 from lmtailor.specs import TrainSpec
+from lmtailor.train.replay import replay_count
 
 SMALL_MODEL = 1.5e9  # parameters up to which full-rank training of the MLP blocks is the default
 SMALL_DATA = 5000  # rows up to which the MLP-only strategy is the default (beyond: full, or LoRA)
@@ -58,9 +59,9 @@ class Plan:
     freeze_modules: list[str] | None
     why: dict[str, str]
     replay_ratio: float = 0.0
-    # the rule's recitation verdict had replay been off: what a run falls back to when the rule's replay cannot
-    # be done (a base without a chat template)
-    recite_without_replay: tuple[bool, str] | None = None
+    # the rule's choices had replay been off ({"recite": (value, why), "epochs": (value, why)}, those it chose):
+    # what a run falls back to when the rule's replay cannot be done (a base without a chat template)
+    without_replay: dict[str, tuple] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -96,14 +97,6 @@ def choose(
     batch = spec.batch_size or (8 if n_rows < 2000 else 16)
     if not spec.batch_size:
         why["batch_size"] = f"{batch}: {n_rows} rows"
-    steps_per_epoch = max(1, math.ceil(n_rows / (batch * spec.grad_accum)))
-    epochs = spec.epochs
-    if epochs is None:
-        epochs = float(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch))))
-        why["epochs"] = (
-            f"{epochs:g}: about {TARGET_STEPS} steps at {steps_per_epoch} steps per epoch, "
-            f"within [{MIN_EPOCHS}, {MAX_EPOCHS}]"
-        )
     lr = spec.learning_rate
     if lr is None:
         lr = LEARNING_RATE[kind]
@@ -129,10 +122,14 @@ def choose(
             if replay
             else "0: off"
         )
-    recite, fallback = spec.recite, None
+    epochs, epochs_alone = spec.epochs, None
+    if epochs is None:  # over the whole mixture: replay's rows take the user's steps, they do not add to them
+        epochs_alone = auto_epochs(n_rows, batch * spec.grad_accum)
+        epochs, why["epochs"] = auto_epochs(n_rows, batch * spec.grad_accum, replay_count(replay, n_rows))
+    recite, recite_alone = spec.recite, None
     if recite is None:
-        fallback = _recite(spec.strategy == "auto" and kind == "mlp", n_rows, answers or [])
-        recite, why["recite"] = fallback
+        recite_alone = _recite(spec.strategy == "auto" and kind == "mlp", n_rows, answers or [])
+        recite, why["recite"] = recite_alone
         if replay and recite:
             recite, why["recite"] = (
                 False,
@@ -143,8 +140,21 @@ def choose(
             )
     if recite and "epochs" in why:
         why["epochs"] += "; the recitations take as many steps again"
-    return Plan(
-        strategy, lr, epochs, batch, max_length, neftune, copies, recite, modules, why, replay, fallback
+    alone = {"recite": recite_alone, "epochs": epochs_alone}
+    return Plan(strategy, lr, epochs, batch, max_length, neftune, copies, recite, modules, why, replay,
+                {k: v for k, v in alone.items() if v is not None})  # fmt: skip
+
+
+def auto_epochs(rows: int, per_step: int, replayed: int = 0) -> tuple[float, str]:
+    """Epochs for about TARGET_STEPS optimizer steps over `rows` rows and `replayed` replay rows, `per_step` rows
+    a step, and why."""
+    steps_per_epoch = max(1, math.ceil((rows + replayed) / per_step))
+    nearest = math.floor(TARGET_STEPS / steps_per_epoch + 0.5)  # about the target: 3.2 epochs are 3
+    epochs = float(min(MAX_EPOCHS, max(MIN_EPOCHS, nearest)))
+    return epochs, (
+        f"{epochs:g}: about {TARGET_STEPS} steps at {steps_per_epoch} steps per epoch"
+        f"{f' ({rows} rows and {replayed} replayed)' if replayed else ''}, "
+        f"within [{MIN_EPOCHS}, {MAX_EPOCHS}]"
     )
 
 

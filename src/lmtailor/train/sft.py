@@ -214,8 +214,9 @@ def _replay(spec: TrainSpec, base, plan, user_rows: int, home, log: Callable) ->
         log(f"{e}; training without replay")  # the rule's default: said, and the run goes on
         plan.replay_ratio = 0.0
         plan.why["replay_ratio"] = f"0: {e}"
-        if plan.recite_without_replay:  # the rule turned recitations off for replay: its verdict without it
-            plan.recite, plan.why["recite"] = plan.recite_without_replay
+        for key, (value, why) in plan.without_replay.items():  # the rule's choices without replay's rows
+            setattr(plan, key, value)
+            plan.why[key] = why
         return []
     log(f"replay: {len(rows)} rows of the base's own answers to general prompts ({plan.replay_ratio:.0%})")
     return rows
