@@ -59,10 +59,9 @@ def sandboxed(argv: list[str], payload: str, result: str, home: str | Path | Non
     bwrap = os.environ.get(BWRAP_ENV) or shutil.which("bwrap") or "bwrap"
     cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
            "--unshare-uts", "--unshare-cgroup-try"]  # fmt: skip
-    if not as_root():
-        cmd.append(
-            "--unshare-user"
-        )  # unprivileged bwrap needs one; root keeps none, to become nobody outside
+    if not as_root():  # unprivileged bwrap needs a user namespace; the grader may not nest another in it (a
+        # nested one could mount tmpfs without bound). Root keeps none, so that its child becomes nobody outside
+        cmd += ["--unshare-user", "--disable-userns"]
     cmd += ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
@@ -82,7 +81,12 @@ def sandboxed(argv: list[str], payload: str, result: str, home: str | Path | Non
     cmd += ["--proc", "/proc", "--dev", "/dev"]
     for scratch in ("/tmp", "/scratch"):  # world-writable as /tmp is: as root the grader is nobody by then
         cmd += ["--perms", "1777", "--size", str(SCRATCH_BYTES), "--tmpfs", scratch]
-    cmd += ["--ro-bind", payload, PAYLOAD, "--bind", result, RESULT, "--chdir", "/scratch", "--clearenv",
+    cmd += ["--ro-bind", payload, PAYLOAD, "--bind", result, RESULT]
+    if (
+        not as_root()
+    ):  # the sandbox's own root and /dev (its /dev/shm) are the user's to write there, unbounded
+        cmd += ["--remount-ro", "/", "--remount-ro", "/dev"]
+    cmd += ["--chdir", "/scratch", "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/scratch", "--setenv", "TMPDIR", "/tmp",
             "--setenv", "PYTHONIOENCODING", "utf-8", "--setenv", "OMP_NUM_THREADS", "1", "--"]  # fmt: skip
     return cmd + argv

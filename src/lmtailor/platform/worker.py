@@ -74,6 +74,7 @@ class Worker:
 
     def _settle(self, job: Job, why: str) -> None:
         """A job whose process is gone but which did not finish: carry out its pending request, or requeue it."""
+        job = self.store.get(Job, job.id)  # a cancel or pause may have come in since the caller read it
         if job.request == "cancel":
             self._finish_cancel(job.id)
         elif job.request == "pause":
