@@ -112,6 +112,7 @@ def test_the_rule_recites_no_more_where_it_replays() -> None:
     assert plan.replay_ratio == REPLAY_RATIO > 0
     assert plan.recite is False and plan.why["recite"].startswith("off: replay is on")
     assert plan.without_replay["recite"][0] is True  # what a run falls back to where replay cannot be done
+    assert plan.without_replay["epochs"][1].endswith("; the recitations take as many steps again")
     assert plan_for(facts, replay_ratio=0.3).recite is False  # replay the user asked for: the same
     assert plan_for(facts, replay_ratio=None, recite=True).recite is True  # the user's word over the rule
 

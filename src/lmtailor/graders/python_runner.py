@@ -121,13 +121,24 @@ def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
     result = f.name + ".out"
     open(result, "w").close()  # the one host file the sandbox may write, bound into it
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
-    if sandbox.unavailable():  # trusted: the server user's view of the files, its processes counted too
-        mode, nproc = "trusted", _processes() + PROCESS_LIMIT
-        argv = [sys.executable, "-I", "-c", CHILD, f.name, str(memory_limit), result]
-    else:
-        mode, nproc = ("nobody" if sandbox.as_root() else "sandbox"), PROCESS_LIMIT
-        argv = [sys.executable, "-I", "-c", CHILD, sandbox.PAYLOAD, str(memory_limit), sandbox.RESULT]
-    argv += [str(nproc), str(OUTPUT_LIMIT), mode]
+    # no sandbox (trusted): the server user's view of the files, its processes counted too
+    trusted = sandbox.unavailable() is not None
+    mode = "trusted" if trusted else "nobody" if sandbox.as_root() else "sandbox"
+    nproc = _processes() + PROCESS_LIMIT if trusted else PROCESS_LIMIT
+    # the two files where the child sees them
+    payload, out = (f.name, result) if trusted else (sandbox.PAYLOAD, sandbox.RESULT)
+    argv = [
+        sys.executable,
+        "-I",
+        "-c",
+        CHILD,
+        payload,
+        str(memory_limit),
+        out,
+        str(nproc),
+        str(OUTPUT_LIMIT),
+        mode,
+    ]
     if mode != "trusted":
         argv = sandbox.sandboxed(argv, f.name, result, home_dir(None))
     with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:

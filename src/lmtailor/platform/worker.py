@@ -55,26 +55,35 @@ class Worker:
                 _signal(proc, signal.SIGKILL)
                 proc.wait()
             del self.procs[job_id]
-            self._settle(self.store.get(Job, job_id), "The server stopped")
+            self._settle(job_id, "The server stopped")
 
     def recover(self) -> None:
         """Jobs a killed server left running: requeue (they resume from a checkpoint) or fail after retries."""
         for job in self.store.jobs(ACTIVE):
             if job.pid and _is_job_process(job.pid, job.id):
                 os.kill(job.pid, signal.SIGKILL)  # an orphan of the previous server: it must not run twice
-            if job.request is None and job.interruptions + 1 >= MAX_ATTEMPTS:
-                reason = f"the job was interrupted {job.interruptions + 1} times (server or process killed)"
-                if self.store.transition(job.id, ACTIVE, status="failed", finished_at=now(), pid=None,
-                                         interruptions=job.interruptions + 1,
-                                         error={"code": "interrupted", "message": reason, "param": None}):  # fmt: skip
-                    self.store.log(job.id, f"Job failed: {reason}", level="error")
-                continue
-            self.store.transition(job.id, ACTIVE, interruptions=job.interruptions + 1)
-            self._settle(job, "The server restarted during this job")
+            self._interrupted(job.id, "The server restarted during this job",
+                              "the job was interrupted {n} times (server or process killed)", "interrupted")  # fmt: skip
 
-    def _settle(self, job: Job, why: str) -> None:
+    def _interrupted(self, job_id: str, event: str, reason: str, code: str) -> None:
+        """A job cut short without its final status (its server or its own process killed): its pending request
+        carried out, or requeued to resume from its last checkpoint (`event` says why); at the MAX_ATTEMPTS-th
+        interruption, failed with `reason` ({n}: the interruptions) and error `code`, which `resume` revives."""
+        job = self.store.get(Job, job_id)  # as it is now: a cancel or pause may have come in meanwhile
+        n = job.interruptions + 1
+        if job.request is None and n >= MAX_ATTEMPTS:
+            reason = reason.format(n=n)
+            if self.store.transition(job_id, ACTIVE, status="failed", finished_at=now(), pid=None, interruptions=n,
+                                     error={"code": code, "message": reason, "param": None}):  # fmt: skip
+                self.store.log(job_id, f"Job failed: {reason}; resume starts it again from its last checkpoint",
+                               level="error")  # fmt: skip
+            return
+        self.store.transition(job_id, ACTIVE, interruptions=n)
+        self._settle(job_id, event)
+
+    def _settle(self, job_id: str, why: str) -> None:
         """A job whose process is gone but which did not finish: carry out its pending request, or requeue it."""
-        job = self.store.get(Job, job.id)  # a cancel or pause may have come in since the caller read it
+        job = self.store.get(Job, job_id)  # as it is now: a cancel or pause may have come in meanwhile
         if job.request == "cancel":
             self._finish_cancel(job.id)
         elif job.request == "pause":
@@ -103,27 +112,13 @@ class Worker:
             del self.procs[job_id]
             self._kill_at.pop(job_id, None)
             if job.status in ACTIVE:  # it died without writing its status: out of memory, killed, a bug
-                self._died(job, code)
+                how = _exit(code)
+                self._interrupted(job_id, f"The job process {how}", f"the job process {how}: {{n}} interruptions, "
+                                  f"the limit; see jobs/{job_id}/job.log", "process_died")  # fmt: skip
         for job in self.store.jobs(("queued",)):
             if len(self.procs) >= self.workers:
                 break
             self._spawn(job)
-
-    def _died(self, job: Job, code: int) -> None:
-        """A job process that ended without its final status: started again from its last checkpoint (an event
-        says why), up to MAX_ATTEMPTS interruptions in all; then failed with the reason, and `resume` may still
-        start it again."""
-        how = _exit(code)
-        if job.request is None and job.interruptions + 1 >= MAX_ATTEMPTS:
-            reason = f"the job process {how}: {job.interruptions + 1} interruptions, the limit"
-            if self.store.transition(job.id, ACTIVE, status="failed", finished_at=now(), pid=None,
-                                     interruptions=job.interruptions + 1, error={"code": "process_died",
-                                     "param": None, "message": f"{reason}; see jobs/{job.id}/job.log"}):  # fmt: skip
-                self.store.log(job.id, f"Job failed: {reason}; resume starts it again from its last checkpoint",
-                               level="error")  # fmt: skip
-            return
-        self.store.transition(job.id, ACTIVE, interruptions=job.interruptions + 1)
-        self._settle(job, f"The job process {how}")
 
     def _spawn(self, job: Job) -> None:
         # claim the job before starting its process: a cancel or pause that came in since we listed the

@@ -41,17 +41,15 @@ def run_server(models=None, host="127.0.0.1", port=8000, api_key=None, engine="a
                console=None, trust_graders=False) -> None:  # fmt: skip
     import uvicorn
 
+    from lmtailor.graders import sandbox
     from lmtailor.platform.store import Store
     from lmtailor.platform.worker import Worker
     from lmtailor.serve.app import create_app
     from lmtailor.serve.pool import ModelPool
 
     check_binding(host, api_key)
-    from lmtailor.graders import sandbox
-
-    os.environ[sandbox.TRUST_ENV] = (
-        "1" if trust_graders else "0"
-    )  # its job processes inherit the operator's word
+    # its job processes inherit the operator's word
+    os.environ[sandbox.TRUST_ENV] = "1" if trust_graders else "0"
     if console and (why := sandbox.unavailable()):
         console.print(
             f"python graders: {'run unsandboxed (--trust-graders)' if trust_graders else 'refused'}: {why}"

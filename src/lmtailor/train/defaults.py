@@ -138,8 +138,13 @@ def choose(
                     "replay is there to undo; docs/defaults.md)"
                 ),
             )
+    recites = "; the recitations take as many steps again"
     if recite and "epochs" in why:
-        why["epochs"] += "; the recitations take as many steps again"
+        why["epochs"] += recites
+    if (
+        epochs_alone and recite_alone and recite_alone[0]
+    ):  # without replay the rule would recite: say so there too
+        epochs_alone = (epochs_alone[0], epochs_alone[1] + recites)
     alone = {"recite": recite_alone, "epochs": epochs_alone}
     return Plan(strategy, lr, epochs, batch, max_length, neftune, copies, recite, modules, why, replay,
                 {k: v for k, v in alone.items() if v is not None})  # fmt: skip
