@@ -122,6 +122,13 @@ def test_errors_have_openai_shape_and_status(server, lively_llama_dir):
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model=lively_llama_dir.name, prompt=prompt, max_tokens=2)
         assert e.value.body["param"] == "prompt" and said in e.value.body["message"]
+    # what Starlette answers itself, in the same shape: an unknown path, a method the path lacks
+    for response, status in (
+        (httpx.get(server.url + "/v1/nothing"), 404),
+        (httpx.put(server.url + "/v1/models"), 405),
+    ):
+        assert response.status_code == status and set(response.json()) == {"error"}, response.text
+        assert response.json()["error"]["type"] == "invalid_request_error"
     # the bad requests failed alone: the engine still answers
     assert client.completions.create(model=lively_llama_dir.name, prompt=[1, 2], max_tokens=2).choices
 

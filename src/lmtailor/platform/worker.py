@@ -45,7 +45,8 @@ class Worker:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=30)
+        if self._thread.ident is not None:  # a worker never started has no thread to wait for
+            self._thread.join(timeout=30)
         for job_id, proc in list(self.procs.items()):
             # a clean shutdown: running jobs resume from their checkpoints at the next start
             _signal(proc, signal.SIGTERM)

@@ -21,6 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from lmtailor.errors import LmtailorError
@@ -95,6 +96,15 @@ def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600
         traceback.print_exception(e)
         body = ApiError(500, f"internal error: {type(e).__name__}: {e}", type="server_error").body()
         return JSONResponse(body, status_code=500)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, e: HTTPException):
+        # what FastAPI and Starlette raise themselves (an unknown path, a method a path lacks, a body that cannot
+        # be parsed) in OpenAI's shape too, never as {"detail": ...}
+        where = f"{request.method} {request.url.path}"
+        message = {404: f"Invalid URL ({where})", 405: f"Method not allowed ({where})"}.get(e.status_code)
+        body = ApiError(e.status_code, message or f"{e.detail} ({where})").body()
+        return JSONResponse(body, status_code=e.status_code, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
