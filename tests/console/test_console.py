@@ -41,6 +41,7 @@ def console(lively_llama_dir, lively_qwen2_dir, tmp_path_factory, server_class):
                      dtype="float32", store=store)  # fmt: skip
     server = server_class(create_app(pool, store=store, worker=worker), pool)
     worker.start()
+    server.store = store
     yield server
     server.stop()
     worker.stop()
@@ -271,6 +272,36 @@ def test_models_jobs_and_errors_in_words(page, console, lively_llama_dir):
     page.fill("#arena-prompt", "hello")
     page.click("#arena-go")
     assert page.locator("#banner.error").inner_text() == "Pick two different models"
+
+
+def test_a_job_whose_process_kept_dying_offers_resume(page, console, lively_llama_dir):
+    """A job failed by its process's deaths gets a Resume button on its monitor (the API revives it); here it
+    died before its first checkpoint, and the API's refusal is shown in words. A job failed otherwise has none."""
+    from lmtailor.platform.store import Job, new_id, now
+
+    def failed(code: str) -> str:
+        return console.store.add(Job(id=new_id("ftjob"), kind="fine_tune", status="failed", created_at=now(),
+                                     model=lively_llama_dir.name, finished_at=now(), result_files=[],
+                                     error={"code": code, "message": f"failed: {code}", "param": None})).id  # fmt: skip
+
+    for job_id, offered in ((failed("process_died"), True), (failed("invalid_file"), False)):
+        page.goto(page.url.split("#")[0] + "#jobs")
+        page.locator("#jobs-table tbody tr", has_text=job_id).click()
+        page.locator("#job-title", has_text=job_id).wait_for()
+        page.click("#job-open")
+        page.locator(
+            "#mon-status", has_text=f"failed: {'process_died' if offered else 'invalid_file'}"
+        ).wait_for()
+        assert page.locator("#mon-resume").is_visible() is offered, job_id
+    page.goto(page.url.split("#")[0] + "#jobs")
+    page.locator("#jobs-table tbody tr", has_text=job_id).first.wait_for()
+    died = next(j for j in console.store.jobs(("failed",)) if j.error["code"] == "process_died").id
+    page.locator("#jobs-table tbody tr", has_text=died).click()
+    page.locator("#job-title", has_text=died).wait_for()
+    page.click("#job-open")
+    page.click("#mon-resume")
+    page.locator("#banner", has_text="failed before its first checkpoint").wait_for()
+    assert console.store.get(Job, died).status == "failed"  # nothing to resume from: left as it was
 
 
 def test_evaluation_shows_what_tuning_cost(page, console, tmp_path, lively_llama_dir):

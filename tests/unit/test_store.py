@@ -72,3 +72,25 @@ def test_concurrent_adds_take_distinct_sequence_numbers(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         seqs = list(pool.map(add, range(40)))
     assert sorted(seqs) == list(range(1, 41))
+
+
+def test_a_version_1_database_is_upgraded_in_place(tmp_path):
+    """A home from before `interrupted_at`: the column is added, the version raised, the rows kept."""
+    store = Store(tmp_path)
+    job = store.add(Job(id=new_id("ftjob"), kind="fine_tune", status="running", model="m", created_at=now(),
+                        result_files=[], interruptions=2))  # fmt: skip
+    with store.engine.begin() as conn:  # back to version 1's table
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN interrupted_at"))
+        conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
+    store.engine.dispose()
+    again = Store(tmp_path)
+    row = again.get(Job, job.id)
+    assert (row.status, row.interruptions, row.interrupted_at) == ("running", 2, None)
+    assert (
+        again.transition(job.id, ("running",), interrupted_at=5)
+        and again.get(Job, job.id).interrupted_at == 5
+    )
+    with again.engine.connect() as conn:
+        assert conn.execute(text("SELECT value FROM meta WHERE key='schema_version'")).scalar() == str(
+            SCHEMA_VERSION
+        )

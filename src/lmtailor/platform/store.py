@@ -27,11 +27,12 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from lmtailor.home import home_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ACTIVE = ("validating_files", "running")  # a job process is (or should be) working on it
 
 
@@ -83,7 +84,10 @@ class Job(Base):
     request: Mapped[str | None] = mapped_column(String(16))  # cancel | pause: asked, not yet done
     pid: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # processes started for it
-    interruptions: Mapped[int] = mapped_column(Integer, default=0)  # its server or its own process killed
+    # deaths of its own process in a row with no new checkpoint between them (the restart limit counts these),
+    # and the newest checkpoint's step when it last died
+    interruptions: Mapped[int] = mapped_column(Integer, default=0)
+    interrupted_at: Mapped[int | None] = mapped_column(Integer)
     output: Mapped[str | None] = mapped_column(Text)  # the job's folder, relative to the home
     chosen: Mapped[dict | None] = mapped_column(JSON)  # hyperparameters lmtailor used
 
@@ -218,6 +222,13 @@ class Store:
                 q = q.where(Job.status.in_(statuses))
             return list(s.scalars(q))
 
+    def newest_checkpoint(self, job_id: str) -> int:
+        """The step of the job's newest registered checkpoint; 0 when it has none."""
+        with self.session() as s:
+            return s.scalar(
+                select(func.coalesce(func.max(Checkpoint.step), 0)).where(Checkpoint.job_id == job_id)
+            )
+
     def models(self) -> list[Model]:
         with self.session() as s:
             return list(s.scalars(select(Model).order_by(Model.created_at)))
@@ -231,8 +242,8 @@ def _sqlite_pragmas(conn, _record) -> None:
     cur.close()
 
 
-# Upgrades from version N-1 to N, applied in order. Version 1 is the first schema: create_all makes it.
-UPGRADES: dict[int, list[str]] = {}
+# Upgrades from version N-1 to N, applied in order. Version 1 is the first schema; create_all makes the newest.
+UPGRADES: dict[int, list[str]] = {2: ["ALTER TABLE jobs ADD COLUMN interrupted_at INTEGER"]}
 
 
 def upgrade(engine) -> int:
@@ -240,7 +251,7 @@ def upgrade(engine) -> int:
     Base.metadata.create_all(engine)
     with engine.begin() as conn:
         row = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'")).first()
-        version = int(row[0]) if row else 0
+        version = int(row[0]) if row else SCHEMA_VERSION  # no version yet: create_all just made the newest
         if version > SCHEMA_VERSION:
             from lmtailor.errors import LmtailorError
 
@@ -250,7 +261,11 @@ def upgrade(engine) -> int:
             )
         for v in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
             for statement in UPGRADES.get(v, []):
-                conn.execute(text(statement))
+                try:
+                    conn.execute(text(statement))
+                except OperationalError as e:  # another process (a job, a second CLI) upgraded it meanwhile
+                    if "duplicate column" not in str(e):
+                        raise
         value = json.dumps(SCHEMA_VERSION)
         if row:
             conn.execute(text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": value})

@@ -5,8 +5,10 @@ fighting over the same cores are 10-20x slower than one after the other), dies w
 parent-death signal, set by the job process itself: runjob.main), and writes its own final status. A job
 process that ends without it (killed, out of memory) is started again from the job's last checkpoint; on start
 the worker recovers what a killed server left behind the same way: a job still marked running is requeued to
-resume from its last checkpoint. After MAX_ATTEMPTS interruptions of either kind the job fails with the
-reason, so no job stays `running` forever or restarts without end (`resume` may start it again).
+resume from its last checkpoint. A job whose own process dies MAX_ATTEMPTS times in a row without a new
+checkpoint between the deaths (out of memory at the same step each time) fails with the reason, so no job
+restarts without end (`resume` may start it again); a job that gets further between deaths, and one whose
+server was killed, always goes on.
 """
 
 from __future__ import annotations
@@ -59,28 +61,32 @@ class Worker:
             self._settle(job_id, "The server stopped")
 
     def recover(self) -> None:
-        """Jobs a killed server left running: requeue (they resume from a checkpoint) or fail after retries."""
+        """Jobs a killed server left running: requeued to resume from their checkpoints. A server's death is
+        not the job's doing, so it does not count toward the job's restart limit."""
         for job in self.store.jobs(ACTIVE):
             if job.pid and _is_job_process(job.pid, job.id):
                 os.kill(job.pid, signal.SIGKILL)  # an orphan of the previous server: it must not run twice
-            self._interrupted(job.id, "The server restarted during this job",
-                              "the job was interrupted {n} times (server or process killed)", "interrupted")  # fmt: skip
+            self._settle(job.id, "The server restarted during this job")
 
-    def _interrupted(self, job_id: str, event: str, reason: str, code: str) -> None:
-        """A job cut short without its final status (its server or its own process killed): its pending request
-        carried out, or requeued to resume from its last checkpoint (`event` says why); at the MAX_ATTEMPTS-th
-        interruption, failed with `reason` ({n}: the interruptions) and error `code`, which `resume` revives."""
+    def _died(self, job_id: str, how: str) -> None:
+        """A job whose own process ended without its final status (killed, out of memory): its pending request
+        carried out, or requeued to resume from its last checkpoint; at the MAX_ATTEMPTS-th death in a row
+        without a new checkpoint, failed (`process_died`, which `resume` revives)."""
         job = self.store.get(Job, job_id)  # as it is now: a cancel or pause may have come in meanwhile
-        n = job.interruptions + 1
+        newest = self.store.newest_checkpoint(job_id)
+        further = job.interrupted_at is not None and newest > job.interrupted_at
+        n = 1 if further else job.interruptions + 1
         if job.request is None and n >= MAX_ATTEMPTS:
-            reason = reason.format(n=n)
+            reason = (f"the job process {how}: {n} times in a row without a new checkpoint, the limit; "
+                      f"see jobs/{job_id}/job.log")  # fmt: skip
             if self.store.transition(job_id, ACTIVE, status="failed", finished_at=now(), pid=None, interruptions=n,
-                                     error={"code": code, "message": reason, "param": None}):  # fmt: skip
+                                     interrupted_at=newest, error={"code": "process_died", "message": reason,
+                                                                   "param": None}):  # fmt: skip
                 self.store.log(job_id, f"Job failed: {reason}; resume starts it again from its last checkpoint",
                                level="error")  # fmt: skip
             return
-        self.store.transition(job_id, ACTIVE, interruptions=n)
-        self._settle(job_id, event)
+        self.store.transition(job_id, ACTIVE, interruptions=n, interrupted_at=newest)
+        self._settle(job_id, f"The job process {how}")
 
     def _settle(self, job_id: str, why: str) -> None:
         """A job whose process is gone but which did not finish: carry out its pending request, or requeue it."""
@@ -113,9 +119,7 @@ class Worker:
             del self.procs[job_id]
             self._kill_at.pop(job_id, None)
             if job.status in ACTIVE:  # it died without writing its status: out of memory, killed, a bug
-                how = _exit(code)
-                self._interrupted(job_id, f"The job process {how}", f"the job process {how}: {{n}} interruptions, "
-                                  f"the limit; see jobs/{job_id}/job.log", "process_died")  # fmt: skip
+                self._died(job_id, _exit(code))
         for job in self.store.jobs(("queued",)):
             if len(self.procs) >= self.workers:
                 break

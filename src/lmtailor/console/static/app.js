@@ -464,7 +464,9 @@ function drawMonitor(job, events) {
   log.textContent = events.map((e) => `${when(e.created_at)}  ${e.message}`).join("\n");
   if (stick) log.scrollTop = log.scrollHeight;
   $("#mon-pause").hidden = !["running", "validating_files", "queued"].includes(job.status);
-  $("#mon-resume").hidden = job.status !== "paused";
+  // a paused job, or one whose process kept dying: the API resumes both from their last checkpoint
+  const revivable = job.status === "failed" && ["process_died", "interrupted"].includes(job.error?.code);
+  $("#mon-resume").hidden = job.status !== "paused" && !revivable;
   $("#mon-cancel").hidden = FINAL.includes(job.status);
 }
 async function jobAction(action) {
