@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,17 +117,19 @@ def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
     start = time.monotonic()
     if sandbox.unavailable() and not sandbox.trusted():
         return PythonResult(None, sandbox.refusal(), "server", 0.0)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
+    # a private folder (0700) for the two files: no other user can read the payload or plant a link there
+    folder = tempfile.mkdtemp(prefix="lmtailor-grader-")
+    payload_file, result = os.path.join(folder, "payload.json"), os.path.join(folder, "result.json")
+    with open(payload_file, "x", encoding="utf-8") as f:
         json.dump({"source": source, "sample": sample, "item": item}, f)
-    result = f.name + ".out"
-    open(result, "w").close()  # the one host file the sandbox may write, bound into it
+    open(result, "x").close()  # the one host file the sandbox may write, bound into it
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
     # no sandbox (trusted): the server user's view of the files, its processes counted too
     trusted = sandbox.unavailable() is not None
     mode = "trusted" if trusted else "nobody" if sandbox.as_root() else "sandbox"
     nproc = _processes() + PROCESS_LIMIT if trusted else PROCESS_LIMIT
     # the two files where the child sees them
-    payload, out = (f.name, result) if trusted else (sandbox.PAYLOAD, sandbox.RESULT)
+    payload, out = (payload_file, result) if trusted else (sandbox.PAYLOAD, sandbox.RESULT)
     argv = [
         sys.executable,
         "-I",
@@ -140,7 +143,7 @@ def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
         mode,
     ]
     if mode != "trusted":
-        argv = sandbox.sandboxed(argv, f.name, result, home_dir(None))
+        argv = sandbox.sandboxed(argv, payload_file, result, home_dir(None))
     with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
         # the result comes through a file: a process the grader started may hold stdout open long after
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, env=env, stdin=subprocess.DEVNULL,
@@ -152,7 +155,6 @@ def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
             timed_out = True
         finally:
             _kill_group(proc)  # anything the grader started dies with it
-            os.unlink(f.name)
         errors.seek(0)
         stderr = errors.read(64 << 10)
     seconds = time.monotonic() - start
@@ -162,7 +164,7 @@ def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
     except (OSError, json.JSONDecodeError):
         got = None
     finally:
-        Path(result).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
     if not isinstance(got, dict):
         if timed_out:
             return PythonResult(
