@@ -24,10 +24,13 @@ quickstart: $(STAMP)
 
 # Debian packages: the web console's tests drive Chromium through Playwright; a CJK font draws the Chinese
 # interface (and the Chinese PDF fixtures of tests/unit/test_documents.py); bubblewrap is the python graders'
-# sandbox (src/lmtailor/graders/sandbox.py; `lmtailor serve` refuses python graders without it).
+# sandbox and libseccomp2 its system call filter (src/lmtailor/graders/sandbox.py; `lmtailor serve` refuses
+# python graders without them).
 system:
-	@test -x /usr/bin/chromium && test -x /usr/bin/bwrap && fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei bubblewrap; }
+	@test -x /usr/bin/chromium && test -x /usr/bin/bwrap && ldconfig -p | grep -q libseccomp.so.2 && \
+	  fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei \
+	    bubblewrap libseccomp2; }
 
 browser: system
 

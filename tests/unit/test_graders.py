@@ -252,6 +252,49 @@ def test_a_python_grader_keeps_to_its_process_and_output_limits():
     assert spam.value is None and "File too large" in spam.error, spam  # its stderr too
 
 
+def test_a_python_grader_cannot_make_a_user_namespace_of_its_own(tmp_path):
+    """In a user namespace of its own a grader would have the capabilities to mount a tmpfs without bound: the
+    sandbox's seccomp program refuses it (root server or not). The negative control: the same sandbox without
+    the program lets the same grader make one."""
+    import json
+    import subprocess
+    import sys
+
+    from lmtailor.graders import sandbox
+    from lmtailor.graders.python_runner import CHILD
+
+    nest = probe("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+                 "return float(libc.unshare(0x10000000) == 0) or -ctypes.get_errno()")  # fmt: skip
+    refused = run_python(nest, {}, {})
+    assert refused.value == -1.0, refused  # EPERM
+    forked = probe("pid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)\nreturn 1.0")
+    assert run_python(forked, {}, {}).value == 1.0  # processes and threads without new namespaces go on
+    threaded = probe("import threading\nt = threading.Thread(target=print)\nt.start()\nt.join()\nreturn 1.0")
+    assert run_python(threaded, {}, {}).value == 1.0  # clone3 refused: the C library falls back to clone
+
+    payload, result = tmp_path / "payload.json", tmp_path / "result.json"
+    payload.write_text(json.dumps({"source": nest, "sample": {}, "item": {}}))
+    result.touch()
+    mode = "nobody" if sandbox.as_root() else "sandbox"
+    argv = [
+        sys.executable,
+        "-I",
+        "-c",
+        CHILD,
+        sandbox.PAYLOAD,
+        str(1 << 30),
+        sandbox.RESULT,
+        "32",
+        "1000000",
+        mode,
+    ]
+    subprocess.run(sandbox.sandboxed(argv, str(payload), str(result)), check=True, timeout=60)
+    if not sandbox.as_root():  # bwrap's --disable-userns refuses it too, with ENOSPC
+        assert json.loads(result.read_text())["value"] == -28.0
+    else:  # nobody, with nothing but the seccomp program in its way
+        assert json.loads(result.read_text())["value"] == 1.0
+
+
 def test_without_a_sandbox_a_server_refuses_python_graders_unless_its_operator_trusts_them(monkeypatch):
     from lmtailor.graders import sandbox
 

@@ -142,12 +142,17 @@ def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
         str(OUTPUT_LIMIT),
         mode,
     ]
-    if mode != "trusted":
-        argv = sandbox.sandboxed(argv, payload_file, result, home_dir(None))
+    fds = () if mode == "trusted" else (sandbox.no_user_namespaces(),)
+    if fds:
+        argv = sandbox.sandboxed(argv, payload_file, result, home_dir(None), seccomp_fd=fds[0])
     with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
         # the result comes through a file: a process the grader started may hold stdout open long after
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, env=env, stdin=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, env=env, pass_fds=fds,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        finally:
+            for fd in fds:
+                os.close(fd)
         try:
             proc.wait(timeout=time_limit)
             timed_out = False

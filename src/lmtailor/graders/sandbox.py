@@ -12,7 +12,9 @@
 
 As root, bwrap makes no user namespace: the child reads its payload and opens its result as root, then becomes
 nobody (65534) before the grader's code runs, so it owns no file and RLIMIT_NPROC counts its processes. As
-another user, bwrap makes a user namespace (where the kernel allows them) and the child stays that user.
+another user, bwrap makes a user namespace (where the kernel allows them) and the child stays that user. Either
+way a seccomp program (no_user_namespaces, made with libseccomp) keeps the grader from making a user namespace
+of its own, where it would have the capabilities to mount things.
 Where bwrap is missing or cannot make its namespaces (a container without them), the server refuses python
 graders unless its operator trusts them: they run then as before, in a child process with the same limits and
 no network, but with the server user's view of the files (python_runner.py).
@@ -34,6 +36,7 @@ BWRAP_ENV = "LMTAILOR_BWRAP"  # the bwrap program (default: bwrap on PATH)
 NOBODY = 65534
 SCRATCH_BYTES = 64 << 20  # each of /tmp and /scratch
 PAYLOAD, RESULT = "/io/payload.json", "/io/result.json"  # where the sandbox sees them
+CLONE_NEWUSER = 0x10000000
 
 
 def trusted(server: bool = False) -> bool:
@@ -54,13 +57,40 @@ def _readable_roots() -> list[str]:
     return sorted(r for r in roots if r != "/" and not r.startswith("/usr/"))
 
 
-def sandboxed(argv: list[str], payload: str, result: str, home: str | Path | None = None) -> list[str]:
-    """`argv` run inside bwrap, with `payload` at PAYLOAD (read-only) and `result` at RESULT (writable)."""
+def no_user_namespaces() -> int:
+    """A file descriptor holding a seccomp program (BPF, made by libseccomp) for bwrap's --seccomp: `clone` and
+    `unshare` asking for a new user namespace fail with EPERM, and `clone3`, whose flags a filter cannot read,
+    with ENOSYS (the C library then falls back to `clone`); all else is allowed. Docker's default profile and
+    Flatpak refuse the same. The caller passes the descriptor to bwrap and closes it."""
+    import errno
+
+    import pyseccomp as seccomp
+
+    rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    for call in ("clone", "unshare"):
+        rules.add_rule(
+            seccomp.ERRNO(errno.EPERM), call, seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER)
+        )
+    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    fd = os.memfd_create("lmtailor-seccomp", 0)
+    with open(os.dup(fd), "wb") as program:
+        rules.export_bpf(program)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def sandboxed(argv: list[str], payload: str, result: str, home: str | Path | None = None,
+              seccomp_fd: int | None = None) -> list[str]:  # fmt: skip
+    """`argv` run inside bwrap, with `payload` at PAYLOAD (read-only) and `result` at RESULT (writable), and
+    the seccomp program in `seccomp_fd` (no_user_namespaces; pass the descriptor on: Popen's pass_fds)."""
     bwrap = os.environ.get(BWRAP_ENV) or shutil.which("bwrap") or "bwrap"
     cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
            "--unshare-uts", "--unshare-cgroup-try"]  # fmt: skip
+    if seccomp_fd is not None:
+        cmd += ["--seccomp", str(seccomp_fd)]
     if not as_root():  # unprivileged bwrap needs a user namespace; the grader may not nest another in it (a
         # nested one could mount tmpfs without bound). Root keeps none, so that its child becomes nobody outside
+        # (and the seccomp program keeps nobody from making one)
         cmd += ["--unshare-user", "--disable-userns"]
     cmd += ["--ro-bind", "/usr", "/usr"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -117,10 +147,16 @@ def unavailable() -> str | None:
                  "out.write('ok')")  # fmt: skip
         argv = [sys.executable, "-I", "-c", probe, RESULT]
         try:
-            done = subprocess.run(sandboxed(argv, payload, result), capture_output=True, text=True, timeout=60,
-                                  stdin=subprocess.DEVNULL)  # fmt: skip
+            fd = no_user_namespaces()
+        except (ImportError, OSError, RuntimeError) as e:
+            return f"libseccomp cannot make the sandbox's system call filter: {e} (Debian: apt-get install libseccomp2)"
+        try:
+            done = subprocess.run(sandboxed(argv, payload, result, seccomp_fd=fd), capture_output=True, text=True,
+                                  timeout=60, stdin=subprocess.DEVNULL, pass_fds=(fd,))  # fmt: skip
         except (OSError, subprocess.TimeoutExpired) as e:
             return f"bubblewrap failed to start: {e}"
+        finally:
+            os.close(fd)
         if done.returncode != 0 or Path(result).read_text() != "ok":
             why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
             return f"bubblewrap cannot make its sandbox here: {why}"
