@@ -23,6 +23,10 @@ class RequestTimeout(Exception):
     """The request ran past its time limit."""
 
 
+# temperatures below this are greedy, as in vLLM: logits divided by 1e-103 overflow to inf, and softmax to nan
+GREEDY_BELOW = 1e-5
+
+
 @dataclass
 class Sampling:
     max_tokens: int = 256
@@ -75,7 +79,7 @@ class Sequence:
         self.text = ""
         self.finish_reason: str | None = None
         self.generator = None
-        if sampling.temperature > 0:
+        if sampling.temperature >= GREEDY_BELOW:
             seed = (
                 sampling.seed + index
                 if sampling.seed is not None
