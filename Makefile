@@ -27,7 +27,7 @@ quickstart: $(STAMP)
 # sandbox and libseccomp2 its system call filter (src/lmtailor/graders/sandbox.py; `lmtailor serve` refuses
 # python graders without them).
 system:
-	@test -x /usr/bin/chromium && test -x /usr/bin/bwrap && ldconfig -p | grep -q libseccomp.so.2 && \
+	@test -x /usr/bin/chromium && test -x /usr/bin/bwrap && python3 -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("seccomp"))' && \
 	  fc-list 2>/dev/null | grep -qi "wenquanyi\|noto sans cjk" || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei \
 	    bubblewrap libseccomp2; }

@@ -75,17 +75,19 @@ def test_concurrent_adds_take_distinct_sequence_numbers(tmp_path):
 
 
 def test_a_version_1_database_is_upgraded_in_place(tmp_path):
-    """A home from before `interrupted_at`: the column is added, the version raised, the rows kept."""
+    """A home from before `interrupted_at` and `restarts`: the columns added, the version raised, the rows kept."""
     store = Store(tmp_path)
     job = store.add(Job(id=new_id("ftjob"), kind="fine_tune", status="running", model="m", created_at=now(),
                         result_files=[], interruptions=2))  # fmt: skip
     with store.engine.begin() as conn:  # back to version 1's table
         conn.execute(text("ALTER TABLE jobs DROP COLUMN interrupted_at"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN restarts"))
         conn.execute(text("UPDATE meta SET value = '1' WHERE key = 'schema_version'"))
     store.engine.dispose()
     again = Store(tmp_path)
     row = again.get(Job, job.id)
-    assert (row.status, row.interruptions, row.interrupted_at) == ("running", 2, None)
+    # version 1 counted server restarts and process deaths together: the new rule's counts start from zero
+    assert (row.status, row.interruptions, row.restarts, row.interrupted_at) == ("running", 0, 0, None)
     assert (
         again.transition(job.id, ("running",), interrupted_at=5)
         and again.get(Job, job.id).interrupted_at == 5

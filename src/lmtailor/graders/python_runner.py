@@ -112,13 +112,39 @@ def check_source(source: str) -> str | None:
 def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
                memory_limit: int = MEMORY_LIMIT) -> PythonResult:  # fmt: skip
     from lmtailor.graders import sandbox
-    from lmtailor.home import home_dir
 
     start = time.monotonic()
     if sandbox.unavailable() and not sandbox.trusted():
         return PythonResult(None, sandbox.refusal(), "server", 0.0)
     # a private folder (0700) for the two files: no other user can read the payload or plant a link there
     folder = tempfile.mkdtemp(prefix="lmtailor-grader-")
+    try:
+        got, timed_out, stderr, code = _run_child(folder, source, sample, item, time_limit, memory_limit)
+    except OSError as e:  # no room for the payload, no process to start: the server's trouble, said in words
+        return PythonResult(None, f"the grader could not be started: {e}", "server", time.monotonic() - start)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    seconds = time.monotonic() - start
+    if not isinstance(got, dict):
+        if timed_out:
+            return PythonResult(
+                None, f"the grader ran past its time limit of {time_limit:g} s", "timeout", seconds
+            )
+        why = (stderr.strip().splitlines() or [f"exit code {code}"])[-1]
+        return PythonResult(None, f"the grader process failed: {why}", "server", seconds)
+    if "error" in got:
+        return PythonResult(None, str(got["error"]), "runtime", seconds)
+    if not isinstance(got.get("value"), int | float):
+        return PythonResult(None, "the grader process gave no value", "server", seconds)
+    return PythonResult(float(got["value"]), None, None, seconds)
+
+
+def _run_child(folder: str, source: str, sample: dict, item, time_limit: float, memory_limit: int):
+    """The grader's child process, sandboxed where it can be, its two files in `folder`: (what it reported or
+    None, whether it timed out, its stderr, its exit code)."""
+    from lmtailor.graders import sandbox
+    from lmtailor.home import home_dir
+
     payload_file, result = os.path.join(folder, "payload.json"), os.path.join(folder, "result.json")
     with open(payload_file, "x", encoding="utf-8") as f:
         json.dump({"source": source, "sample": sample, "item": item}, f)
@@ -142,46 +168,35 @@ def run_python(source: str, sample: dict, item, time_limit: float = TIME_LIMIT,
         str(OUTPUT_LIMIT),
         mode,
     ]
-    fds = () if mode == "trusted" else (sandbox.no_user_namespaces(),)
-    if fds:
-        argv = sandbox.sandboxed(argv, payload_file, result, home_dir(None), seccomp_fd=fds[0])
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
-        # the result comes through a file: a process the grader started may hold stdout open long after
-        try:
+    fds = () if trusted else (sandbox.no_user_namespaces(),)
+    try:
+        if fds:
+            argv = sandbox.sandboxed(argv, payload_file, result, home_dir(None), seccomp_fd=fds[0])
+        with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
+            # the result comes through a file: a process the grader started may hold stdout open long after
             proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, env=env, pass_fds=fds,
                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        finally:
-            for fd in fds:
+            for fd in fds:  # bwrap has its copy
                 os.close(fd)
-        try:
-            proc.wait(timeout=time_limit)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            timed_out = True
-        finally:
-            _kill_group(proc)  # anything the grader started dies with it
-        errors.seek(0)
-        stderr = errors.read(64 << 10)
-    seconds = time.monotonic() - start
+            fds = ()
+            try:
+                proc.wait(timeout=time_limit)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            finally:
+                _kill_group(proc)  # anything the grader started dies with it
+            errors.seek(0)
+            stderr = errors.read(64 << 10)
+    finally:
+        for fd in fds:
+            os.close(fd)
     try:
         with open(result, encoding="utf-8") as r:
             got = json.loads(r.read(1 << 20) or "null")
     except (OSError, json.JSONDecodeError):
         got = None
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    if not isinstance(got, dict):
-        if timed_out:
-            return PythonResult(
-                None, f"the grader ran past its time limit of {time_limit:g} s", "timeout", seconds
-            )
-        why = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        return PythonResult(None, f"the grader process failed: {why}", "server", seconds)
-    if "error" in got:
-        return PythonResult(None, str(got["error"]), "runtime", seconds)
-    if not isinstance(got.get("value"), int | float):
-        return PythonResult(None, "the grader process gave no value", "server", seconds)
-    return PythonResult(float(got["value"]), None, None, seconds)
+    return got, timed_out, stderr, proc.returncode
 
 
 def _processes() -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -67,15 +68,22 @@ def no_user_namespaces() -> int:
     import pyseccomp as seccomp
 
     rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
-    for call in ("clone", "unshare"):
-        rules.add_rule(
-            seccomp.ERRNO(errno.EPERM), call, seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER)
-        )
+    flags = {
+        "clone": 1 if platform.machine().startswith("s390") else 0,
+        "unshare": 0,
+    }  # s390 swaps clone's first two
+    for call, arg in flags.items():
+        rules.add_rule(seccomp.ERRNO(errno.EPERM), call, seccomp.Arg(arg, seccomp.MASKED_EQ, CLONE_NEWUSER,
+                                                                     CLONE_NEWUSER))  # fmt: skip
     rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
-    fd = os.memfd_create("lmtailor-seccomp", 0)
-    with open(os.dup(fd), "wb") as program:
-        rules.export_bpf(program)
-    os.lseek(fd, 0, os.SEEK_SET)
+    fd = os.memfd_create("lmtailor-seccomp")  # close-on-exec: Popen's pass_fds hands it to bwrap alone
+    try:
+        with open(os.dup(fd), "wb") as program:
+            rules.export_bpf(program)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
@@ -148,8 +156,11 @@ def unavailable() -> str | None:
         argv = [sys.executable, "-I", "-c", probe, RESULT]
         try:
             fd = no_user_namespaces()
-        except (ImportError, OSError, RuntimeError) as e:
-            return f"libseccomp cannot make the sandbox's system call filter: {e} (Debian: apt-get install libseccomp2)"
+        except (ImportError, AttributeError, OSError, RuntimeError, ValueError) as e:
+            return (
+                f"libseccomp cannot make the sandbox's system call filter: {type(e).__name__}: {e} (Debian: "
+                "apt-get install libseccomp2; a libseccomp older than 2.5 does not know clone3)"
+            )
         try:
             done = subprocess.run(sandboxed(argv, payload, result, seccomp_fd=fd), capture_output=True, text=True,
                                   timeout=60, stdin=subprocess.DEVNULL, pass_fds=(fd,))  # fmt: skip

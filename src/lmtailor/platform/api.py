@@ -255,7 +255,7 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
                            "create the job again", param="job_id")  # fmt: skip
         # a paused job; or one whose process kept dying (the limit of interruptions): it gets the limit again
         revived = died and store.transition(job_id, ("failed",), status="queued", request=None, error=None,
-                                            finished_at=None, interruptions=0)  # fmt: skip
+                                            finished_at=None, interruptions=0, restarts=0)  # fmt: skip
         if not revived and not store.transition(job_id, ("paused",), status="queued", request=None):
             job = _job(store, job_id)
             raise ApiError(400, f"job {job_id} is {job.status}, not paused (nor failed with checkpoints after its "
@@ -651,7 +651,8 @@ def _job_json(store: Store, job: Job) -> dict:
         "estimated_finish": None, "metadata": job.job_metadata, "method": job.method or None,
         "user_provided_suffix": job.suffix, "lmtailor": {"kind": job.kind, "options": job.options,
                                                          "chosen": job.chosen, "attempts": job.attempts,
-                                                         "interruptions": job.interruptions},
+                                                         "interruptions": job.interruptions,
+                                                         "restarts": job.restarts},
     }  # fmt: skip
 
 

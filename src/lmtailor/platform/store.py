@@ -84,9 +84,10 @@ class Job(Base):
     request: Mapped[str | None] = mapped_column(String(16))  # cancel | pause: asked, not yet done
     pid: Mapped[int | None] = mapped_column(Integer)
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # processes started for it
-    # deaths of its own process in a row with no new checkpoint between them (the restart limit counts these),
-    # and the newest checkpoint's step when it last died
+    # deaths of its own process, and restarts of its server, each in a row with no new checkpoint between them
+    # (the worker's limits count these), and the newest checkpoint's step at the last of either
     interruptions: Mapped[int] = mapped_column(Integer, default=0)
+    restarts: Mapped[int | None] = mapped_column(Integer, default=0)
     interrupted_at: Mapped[int | None] = mapped_column(Integer)
     output: Mapped[str | None] = mapped_column(Text)  # the job's folder, relative to the home
     chosen: Mapped[dict | None] = mapped_column(JSON)  # hyperparameters lmtailor used
@@ -243,7 +244,14 @@ def _sqlite_pragmas(conn, _record) -> None:
 
 
 # Upgrades from version N-1 to N, applied in order. Version 1 is the first schema; create_all makes the newest.
-UPGRADES: dict[int, list[str]] = {2: ["ALTER TABLE jobs ADD COLUMN interrupted_at INTEGER"]}
+UPGRADES: dict[int, list[str]] = {
+    # version 1 counted server restarts and process deaths together: the new counts start from zero
+    2: [
+        "ALTER TABLE jobs ADD COLUMN interrupted_at INTEGER",
+        "ALTER TABLE jobs ADD COLUMN restarts INTEGER",
+        "UPDATE jobs SET interruptions = 0, restarts = 0",
+    ],
+}
 
 
 def upgrade(engine) -> int:
@@ -270,5 +278,7 @@ def upgrade(engine) -> int:
         if row:
             conn.execute(text("UPDATE meta SET value = :v WHERE key = 'schema_version'"), {"v": value})
         else:
-            conn.execute(text("INSERT INTO meta (key, value) VALUES ('schema_version', :v)"), {"v": value})
+            # two processes opening a fresh database at once: the second's row is the same, and is dropped
+            conn.execute(text("INSERT INTO meta (key, value) VALUES ('schema_version', :v) "
+                              "ON CONFLICT (key) DO NOTHING"), {"v": value})  # fmt: skip
     return SCHEMA_VERSION

@@ -6,9 +6,9 @@ parent-death signal, set by the job process itself: runjob.main), and writes its
 process that ends without it (killed, out of memory) is started again from the job's last checkpoint; on start
 the worker recovers what a killed server left behind the same way: a job still marked running is requeued to
 resume from its last checkpoint. A job whose own process dies MAX_ATTEMPTS times in a row without a new
-checkpoint between the deaths (out of memory at the same step each time) fails with the reason, so no job
-restarts without end (`resume` may start it again); a job that gets further between deaths, and one whose
-server was killed, always goes on.
+checkpoint between the deaths (out of memory at the same step each time), or whose server restarts
+MAX_RESTARTS times so, fails with the reason, so no job restarts without end (`resume` may start it again);
+a job that gets further between them always goes on.
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ import time
 
 from lmtailor.platform.store import ACTIVE, Job, Store, now
 
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 3  # deaths of a job's own process in a row without a new checkpoint
+MAX_RESTARTS = (
+    20  # restarts of its server in a row without a new checkpoint (a server killed for the job's sake)
+)
 KILL_AFTER = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled job
 
 
@@ -62,31 +65,37 @@ class Worker:
 
     def recover(self) -> None:
         """Jobs a killed server left running: requeued to resume from their checkpoints. A server's death is
-        not the job's doing, so it does not count toward the job's restart limit."""
+        seldom the job's doing, so it has a limit of its own, far above a job process's: MAX_RESTARTS in a row
+        without a new checkpoint (a server killed again and again for the job's memory, say, by a cgroup)."""
         for job in self.store.jobs(ACTIVE):
             if job.pid and _is_job_process(job.pid, job.id):
                 os.kill(job.pid, signal.SIGKILL)  # an orphan of the previous server: it must not run twice
-            self._settle(job.id, "The server restarted during this job")
+            self._interrupted(job.id, "restarts", MAX_RESTARTS, "The server restarted during this job",
+                              "the server restarted {n} times during this job without a new checkpoint between, "
+                              "the limit", "interrupted")  # fmt: skip
 
-    def _died(self, job_id: str, how: str) -> None:
-        """A job whose own process ended without its final status (killed, out of memory): its pending request
-        carried out, or requeued to resume from its last checkpoint; at the MAX_ATTEMPTS-th death in a row
-        without a new checkpoint, failed (`process_died`, which `resume` revives)."""
+    def _interrupted(self, job_id: str, counter: str, limit: int, event: str, reason: str, code: str) -> None:
+        """A job cut short without its final status: its pending request carried out, or requeued to resume from
+        its last checkpoint (`event` says why). `counter` (interruptions: its process died; restarts: its
+        server did) counts such cuts in a row without a new checkpoint, and a new checkpoint sets both back; at
+        `limit` the job fails with `reason` ({n}: the count) and error `code`, which `resume` revives."""
         job = self.store.get(Job, job_id)  # as it is now: a cancel or pause may have come in meanwhile
         newest = self.store.newest_checkpoint(job_id)
         further = job.interrupted_at is not None and newest > job.interrupted_at
-        n = 1 if further else job.interruptions + 1
-        if job.request is None and n >= MAX_ATTEMPTS:
-            reason = (f"the job process {how}: {n} times in a row without a new checkpoint, the limit; "
-                      f"see jobs/{job_id}/job.log")  # fmt: skip
-            if self.store.transition(job_id, ACTIVE, status="failed", finished_at=now(), pid=None, interruptions=n,
-                                     interrupted_at=newest, error={"code": "process_died", "message": reason,
-                                                                   "param": None}):  # fmt: skip
+        counts = {"interruptions": 0, "restarts": 0} if further else {
+            "interruptions": job.interruptions or 0, "restarts": job.restarts or 0}  # fmt: skip
+        counts[counter] += 1
+        n = counts[counter]
+        if job.request is None and n >= limit:
+            reason = reason.format(n=n)
+            if self.store.transition(job_id, ACTIVE, status="failed", finished_at=now(), pid=None,
+                                     interrupted_at=newest, error={"code": code, "message": reason, "param": None},
+                                     **counts):  # fmt: skip
                 self.store.log(job_id, f"Job failed: {reason}; resume starts it again from its last checkpoint",
                                level="error")  # fmt: skip
             return
-        self.store.transition(job_id, ACTIVE, interruptions=n, interrupted_at=newest)
-        self._settle(job_id, f"The job process {how}")
+        self.store.transition(job_id, ACTIVE, interrupted_at=newest, **counts)
+        self._settle(job_id, event)
 
     def _settle(self, job_id: str, why: str) -> None:
         """A job whose process is gone but which did not finish: carry out its pending request, or requeue it."""
@@ -119,7 +128,10 @@ class Worker:
             del self.procs[job_id]
             self._kill_at.pop(job_id, None)
             if job.status in ACTIVE:  # it died without writing its status: out of memory, killed, a bug
-                self._died(job_id, _exit(code))
+                how = _exit(code)
+                self._interrupted(job_id, "interruptions", MAX_ATTEMPTS, f"The job process {how}",
+                                  f"the job process {how}: {{n}} times in a row without a new checkpoint, the "
+                                  f"limit; see jobs/{job_id}/job.log", "process_died")  # fmt: skip
         for job in self.store.jobs(("queued",)):
             if len(self.procs) >= self.workers:
                 break
