@@ -156,18 +156,8 @@ def _run_child(folder: str, source: str, sample: dict, item, time_limit: float, 
     nproc = _processes() + PROCESS_LIMIT if trusted else PROCESS_LIMIT
     # the two files where the child sees them
     payload, out = (payload_file, result) if trusted else (sandbox.PAYLOAD, sandbox.RESULT)
-    argv = [
-        sys.executable,
-        "-I",
-        "-c",
-        CHILD,
-        payload,
-        str(memory_limit),
-        out,
-        str(nproc),
-        str(OUTPUT_LIMIT),
-        mode,
-    ]
+    argv = [sys.executable, "-I", "-c", CHILD, payload, str(memory_limit), out, str(nproc), str(OUTPUT_LIMIT),
+            mode]  # fmt: skip
     fds = () if trusted else (sandbox.no_user_namespaces(),)
     try:
         if fds:

@@ -28,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 TRUST_ENV = (
@@ -63,28 +64,33 @@ def no_user_namespaces() -> int:
     `unshare` asking for a new user namespace fail with EPERM, and `clone3`, whose flags a filter cannot read,
     with ENOSYS (the C library then falls back to `clone`); all else is allowed. Docker's default profile and
     Flatpak refuse the same. The caller passes the descriptor to bwrap and closes it."""
-    import errno
-
-    import pyseccomp as seccomp
-
-    rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
-    flags = {
-        "clone": 1 if platform.machine().startswith("s390") else 0,
-        "unshare": 0,
-    }  # s390 swaps clone's first two
-    for call, arg in flags.items():
-        rules.add_rule(seccomp.ERRNO(errno.EPERM), call, seccomp.Arg(arg, seccomp.MASKED_EQ, CLONE_NEWUSER,
-                                                                     CLONE_NEWUSER))  # fmt: skip
-    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     fd = os.memfd_create("lmtailor-seccomp")  # close-on-exec: Popen's pass_fds hands it to bwrap alone
     try:
-        with open(os.dup(fd), "wb") as program:
-            rules.export_bpf(program)
+        os.write(fd, _program())
         os.lseek(fd, 0, os.SEEK_SET)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+@functools.cache
+def _program() -> bytes:
+    """no_user_namespaces' BPF program, compiled by libseccomp once per process (a grader runs per sample)."""
+    import errno
+
+    import pyseccomp as seccomp
+
+    rules = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
+    clone_flags = 1 if platform.machine().startswith("s390") else 0  # s390 swaps clone's first two arguments
+    for call, arg in (("clone", clone_flags), ("unshare", 0)):
+        rules.add_rule(seccomp.ERRNO(errno.EPERM), call, seccomp.Arg(arg, seccomp.MASKED_EQ, CLONE_NEWUSER,
+                                                                     CLONE_NEWUSER))  # fmt: skip
+    rules.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    with tempfile.TemporaryFile() as program:  # libseccomp writes to a descriptor
+        rules.export_bpf(program)
+        program.seek(0)
+        return program.read()
 
 
 def sandboxed(argv: list[str], payload: str, result: str, home: str | Path | None = None,
@@ -120,9 +126,8 @@ def sandboxed(argv: list[str], payload: str, result: str, home: str | Path | Non
     for scratch in ("/tmp", "/scratch"):  # world-writable as /tmp is: as root the grader is nobody by then
         cmd += ["--perms", "1777", "--size", str(SCRATCH_BYTES), "--tmpfs", scratch]
     cmd += ["--ro-bind", payload, PAYLOAD, "--bind", result, RESULT]
-    if (
-        not as_root()
-    ):  # the sandbox's own root and /dev (its /dev/shm) are the user's to write there, unbounded
+    # the sandbox's own root and /dev (its /dev/shm) are the user's to write there, unbounded
+    if not as_root():
         cmd += ["--remount-ro", "/", "--remount-ro", "/dev"]
     cmd += ["--chdir", "/scratch", "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/scratch", "--setenv", "TMPDIR", "/tmp",
@@ -139,8 +144,6 @@ def _under(path: str | Path, roots: list[str]) -> bool:
 def unavailable() -> str | None:
     """Why python graders cannot be sandboxed here (bwrap missing, or unable to make its namespaces), or None.
     Tried once per process: a sandboxed Python that imports json."""
-    import tempfile
-
     bwrap = os.environ.get(BWRAP_ENV) or shutil.which("bwrap")
     if not bwrap or not os.path.exists(bwrap):
         return "bubblewrap (bwrap) is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
@@ -151,7 +154,7 @@ def unavailable() -> str | None:
         # as the grader will: the result opened first, then (as root) the drop to nobody, which a container
         # without CAP_SETUID would refuse
         probe = ("import os, sys; out = open(sys.argv[1], 'w')\n"
-                 "if os.geteuid() == 0: os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+                 f"if os.geteuid() == 0: os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})\n"
                  "out.write('ok')")  # fmt: skip
         argv = [sys.executable, "-I", "-c", probe, RESULT]
         try:

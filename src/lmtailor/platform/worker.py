@@ -23,9 +23,8 @@ import time
 from lmtailor.platform.store import ACTIVE, Job, Store, now
 
 MAX_ATTEMPTS = 3  # deaths of a job's own process in a row without a new checkpoint
-MAX_RESTARTS = (
-    20  # restarts of its server in a row without a new checkpoint (a server killed for the job's sake)
-)
+# restarts of its server in a row without a new checkpoint (a server killed again and again for the job's sake)
+MAX_RESTARTS = 20
 KILL_AFTER = 10.0  # seconds between SIGTERM and SIGKILL of a cancelled job
 
 

@@ -21,7 +21,7 @@ import threading
 import time
 
 from lmtailor.errors import ModelError
-from lmtailor.serve.requests import Delta, Done, Finished, Overloaded, Request, _entry
+from lmtailor.serve.requests import GREEDY_BELOW, Delta, Done, Finished, Overloaded, Request, _entry
 
 MAX_LORAS = 4  # adapters in one batch at once; each slot holds GPU memory for a rank-max_lora_rank adapter
 
@@ -168,8 +168,9 @@ class VllmEngine:
                 req.time_out()
                 return
             s = req.sampling
-            # vLLM refuses n > 1 when greedy (t < 1e-5): the n choices would match, so run one and copy it.
-            copies = s.n if s.temperature < 1e-5 and s.n > 1 else 1
+            # vLLM refuses n > 1 when greedy (t below GREEDY_BELOW, its own bound): the n choices would match,
+            # so run one and copy it.
+            copies = s.n if s.temperature < GREEDY_BELOW and s.n > 1 else 1
             params = SamplingParams(
                 n=1 if copies > 1 else s.n, temperature=s.temperature, top_p=s.top_p,
                 max_tokens=s.max_tokens, stop=s.stop or None, stop_token_ids=self._stop_ids, seed=s.seed,
