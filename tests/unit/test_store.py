@@ -60,6 +60,31 @@ def test_status_changes_hold_only_from_the_status_they_expect(tmp_path):
     assert store.get(Job, job.id).status == "succeeded"
 
 
+def test_a_status_change_and_its_events_are_written_together_or_not_at_all(tmp_path):
+    """A client that sees a job succeed must find its final events (CI once listed them in between)."""
+    from sqlalchemy.exc import StatementError
+
+    from lmtailor.platform.store import Event
+
+    store = Store(tmp_path)
+    job = store.add(Job(id=new_id("ftjob"), kind="fine_tune", status="running", model="m", created_at=now(),
+                        result_files=[]))  # fmt: skip
+
+    def said():
+        with store.session() as s:
+            return [e.message for e in s.query(Event).filter_by(job_id=job.id).order_by(Event.seq)]
+
+    unwritable = {"message": "x", "data": {1j}}  # not JSON: the change is undone with the first event
+    with pytest.raises(StatementError):
+        store.transition(job.id, ("running",), status="succeeded", events=["created", unwritable])
+    assert store.get(Job, job.id).status == "running" and said() == []
+    assert not store.transition(job.id, ("queued",), status="cancelled", events=["cancelled"])
+    assert said() == []  # no change, no event
+    assert store.transition(job.id, ("running",), status="succeeded",
+                            events=["created", {"message": "done", "level": "info", "data": {"retention": 1}}])  # fmt: skip
+    assert store.get(Job, job.id).status == "succeeded" and said() == ["created", "done"]
+
+
 def test_concurrent_adds_take_distinct_sequence_numbers(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -219,25 +219,22 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", dependencies=guard)
     async def cancel_job(job_id: str):
-        job = _job(store, job_id)
+        _job(store, job_id)
         # each change holds only if the job is still where we saw it: the worker may claim it meanwhile
-        if store.transition(
-            job_id, ("queued", "paused"), status="cancelled", finished_at=now(), request=None
-        ):
-            store.log(job_id, "Job cancelled")
-        elif store.ask(job_id, "cancel"):
-            worker.wake()
-        else:
-            job = _job(store, job_id)
-            raise ApiError(400, f"job {job_id} already {job.status}", param="job_id")
+        if store.transition(job_id, ("queued", "paused"), status="cancelled", finished_at=now(), request=None,
+                            events=["Job cancelled"]):  # fmt: skip
+            return _job_json(store, _job(store, job_id))
+        if not store.ask(job_id, "cancel"):
+            raise ApiError(400, f"job {job_id} already {_job(store, job_id).status}", param="job_id")
+        worker.wake()
         return _job_json(store, _job(store, job_id))
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/pause", dependencies=guard)
     async def pause_job(job_id: str):
         _job(store, job_id)
-        if store.transition(job_id, ("queued",), status="paused"):
-            store.log(job_id, "Job paused before it started")
-        elif store.ask(job_id, "pause"):
+        if store.transition(job_id, ("queued",), status="paused", events=["Job paused before it started"]):
+            return _job_json(store, _job(store, job_id))
+        if store.ask(job_id, "pause"):
             store.log(job_id, "Pause requested: the job stops at its next step, after a checkpoint")
         else:
             job = _job(store, job_id)
@@ -254,13 +251,15 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
             raise ApiError(400, f"job {job_id} failed before its first checkpoint: nothing to resume from; "
                            "create the job again", param="job_id")  # fmt: skip
         # a paused job; or one whose process kept dying (the limit of interruptions): it gets the limit again
+        said = ["Job resumed: it continues from its last checkpoint"]
         revived = died and store.transition(job_id, ("failed",), status="queued", request=None, error=None,
-                                            finished_at=None, interruptions=0, restarts=0)  # fmt: skip
-        if not revived and not store.transition(job_id, ("paused",), status="queued", request=None):
+                                            finished_at=None, interruptions=0, restarts=0, events=said)  # fmt: skip
+        if not revived and not store.transition(
+            job_id, ("paused",), status="queued", request=None, events=said
+        ):
             job = _job(store, job_id)
             raise ApiError(400, f"job {job_id} is {job.status}, not paused (nor failed with checkpoints after its "
                            "process died)", param="job_id")  # fmt: skip
-        store.log(job_id, "Job resumed: it continues from its last checkpoint")
         worker.wake()
         return _job_json(store, _job(store, job_id))
 

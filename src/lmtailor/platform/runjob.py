@@ -46,8 +46,8 @@ def run(store: Store, job_id: str) -> None:
         else:
             _fine_tune(store, job)
     except Paused:  # one process, or every rank of several (train.launch.PausedRun)
-        store.transition(job.id, ACTIVE, status="paused", request=None, pid=None)
-        store.log(job.id, "Job paused at a checkpoint; resume continues from it")
+        store.transition(job.id, ACTIVE, status="paused", request=None, pid=None,
+                         events=["Job paused at a checkpoint; resume continues from it"])  # fmt: skip
     except DataError as e:
         if job.kind == "synth":  # a document it cannot read: named as uploaded, not by its path on the server
             shown = ((job.options or {}).get("_names") or {}).get(Path(e.path).name, Path(e.path).name)
@@ -66,9 +66,9 @@ def run(store: Store, job_id: str) -> None:
 
 
 def _fail(store: Store, job: Job, code: str, message: str, param: str | None) -> None:
-    if store.transition(job.id, ACTIVE, status="failed", finished_at=now(), pid=None, request=None,
-                        error={"code": code, "message": message, "param": param}):  # fmt: skip
-        store.log(job.id, f"Job failed: {message}", level="error")
+    store.transition(job.id, ACTIVE, status="failed", finished_at=now(), pid=None, request=None,
+                     error={"code": code, "message": message, "param": param},
+                     events=[{"message": f"Job failed: {message}", "level": "error"}])  # fmt: skip
 
 
 def _param_of(store: Store, job: Job, e: DataError) -> str:
@@ -208,9 +208,9 @@ def _fine_tune(store: Store, job: Job) -> None:
         store.log(job.id, f"What tuning cost: {summary_line(kept)}", data={"retention": kept})
     store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None,
                      trained_tokens=int(card["metrics"].get("trained_tokens") or 0), result_files=[results],
-                     chosen={k: card["hyperparameters"].get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy", "recite")})  # fmt: skip
-    store.log(job.id, f"New fine-tuned model created: {name}")
-    store.log(job.id, "The job has successfully completed", data={"retention": kept} if kept else None)
+                     chosen={k: card["hyperparameters"].get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy", "recite")},
+                     events=[f"New fine-tuned model created: {name}", {"message": "The job has successfully completed",
+                                                                       "data": {"retention": kept} if kept else None}])  # fmt: skip
 
 
 def _free_port() -> int:
@@ -303,8 +303,8 @@ def _merge(store: Store, job: Job) -> None:
     name = f"merged:{job.suffix or spec.method}:{job.id}"
     card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
     _register(store, name, job.id, out, card, None)
-    store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None)
-    store.log(job.id, f"Merged model created: {name}")
+    store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None,
+                     events=[f"Merged model created: {name}"])  # fmt: skip
 
 
 def public_report(report: dict, generator: str, files: list[str]) -> dict:

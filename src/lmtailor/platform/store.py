@@ -197,12 +197,19 @@ class Store:
                 setattr(job, k, v)
         return job
 
-    def transition(self, job_id: str, statuses: tuple[str, ...], **values) -> bool:
+    def transition(self, job_id: str, statuses: tuple[str, ...], events: tuple = (), **values) -> bool:
         """Update a job only while its status is one of `statuses`, in one statement: the API, the worker and
-        the job process change jobs concurrently, and a stale read must not overwrite a newer status."""
+        the job process change jobs concurrently, and a stale read must not overwrite a newer status.
+
+        `events` (each a message, or a dict of log()'s arguments) are written in the same transaction and only
+        if the job changed: a client that sees the new status also sees the events that go with it."""
         with self.session() as s, s.begin():
             done = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(statuses)).values(**values))
-            return done.rowcount == 1
+            if done.rowcount != 1:
+                return False
+            for e in events:
+                s.add(_event(job_id, **({"message": e} if isinstance(e, str) else e)))
+            return True
 
     def ask(self, job_id: str, request: str) -> bool:
         """Record a cancel or pause request for an active job; a pending cancel is never replaced by a pause."""
@@ -213,8 +220,7 @@ class Store:
             return s.execute(q.values(request=request)).rowcount == 1
 
     def log(self, job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> None:
-        self.add(Event(id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, type=type,
-                       message=message, data=data))  # fmt: skip
+        self.add(_event(job_id, message, level, type, data))
 
     def jobs(self, statuses: tuple[str, ...] | None = None) -> list[Job]:
         with self.session() as s:
@@ -233,6 +239,11 @@ class Store:
     def models(self) -> list[Model]:
         with self.session() as s:
             return list(s.scalars(select(Model).order_by(Model.created_at)))
+
+
+def _event(job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> Event:
+    return Event(id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, type=type, message=message,
+                 data=data)  # fmt: skip
 
 
 def _sqlite_pragmas(conn, _record) -> None:

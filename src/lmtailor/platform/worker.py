@@ -87,11 +87,10 @@ class Worker:
         n = counts[counter]
         if job.request is None and n >= limit:
             reason = reason.format(n=n)
-            if self.store.transition(job_id, ACTIVE, status="failed", finished_at=now(), pid=None,
-                                     interrupted_at=newest, error={"code": code, "message": reason, "param": None},
-                                     **counts):  # fmt: skip
-                self.store.log(job_id, f"Job failed: {reason}; resume starts it again from its last checkpoint",
-                               level="error")  # fmt: skip
+            self.store.transition(job_id, ACTIVE, status="failed", finished_at=now(), pid=None,
+                                  interrupted_at=newest, error={"code": code, "message": reason, "param": None},
+                                  events=[{"message": f"Job failed: {reason}; resume starts it again from its "
+                                           "last checkpoint", "level": "error"}], **counts)  # fmt: skip
             return
         self.store.transition(job_id, ACTIVE, interrupted_at=newest, **counts)
         self._settle(job_id, event)
@@ -102,10 +101,11 @@ class Worker:
         if job.request == "cancel":
             self._finish_cancel(job.id)
         elif job.request == "pause":
-            if self.store.transition(job.id, ACTIVE, status="paused", pid=None, request=None):
-                self.store.log(job.id, f"{why}; the job is paused and resumes from its last checkpoint")
-        elif self.store.transition(job.id, ACTIVE, status="queued", pid=None):
-            self.store.log(job.id, f"{why}; the job will resume from its last checkpoint")
+            self.store.transition(job.id, ACTIVE, status="paused", pid=None, request=None,
+                                  events=[f"{why}; the job is paused and resumes from its last checkpoint"])  # fmt: skip
+        else:
+            self.store.transition(job.id, ACTIVE, status="queued", pid=None,
+                                  events=[f"{why}; the job will resume from its last checkpoint"])  # fmt: skip
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -169,10 +169,8 @@ class Worker:
             _signal(proc, signal.SIGKILL)
 
     def _finish_cancel(self, job_id: str) -> None:
-        if self.store.transition(
-            job_id, ACTIVE, status="cancelled", finished_at=now(), pid=None, request=None
-        ):
-            self.store.log(job_id, "Job cancelled; checkpoints written so far are kept")
+        self.store.transition(job_id, ACTIVE, status="cancelled", finished_at=now(), pid=None, request=None,
+                              events=["Job cancelled; checkpoints written so far are kept"])  # fmt: skip
 
 
 def _exit(code: int) -> str:
