@@ -33,8 +33,8 @@ def main() -> None:
 
     import torch
 
+    from lmtailor.evaluate.answers import load_rows
     from lmtailor.evaluate.generate import generate
-    from lmtailor.evaluate.runner import load_rows
     from lmtailor.models.loading import load_model, load_tokenizer
 
     if "OMP_NUM_THREADS" in os.environ:

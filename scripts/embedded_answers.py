@@ -1,7 +1,7 @@
 """Make src/lmtailor/models/embedded_answers.json: the embedded model's greedy answers to the bundled general
 probes (evaluate/probes), replay prompts (data/replay) and the quickstart's held-out questions, shipped so that a
 fresh machine's first training run (and the quickstart's first asking) reads them instead of generating them
-(minutes on 2 cores: evaluate/runner.shipped_answers).
+(minutes on 2 cores: evaluate/answers.shipped_answers).
 
 The answers go through eval's answer cache (answer_prompts), so those already in HOME's cache are reused and
 only the missing are generated. fp32 only: the shipped answers are what the weights say at full precision,
@@ -29,7 +29,13 @@ def main() -> None:
     import torch
 
     from lmtailor.evaluate import retention
-    from lmtailor.evaluate.runner import answer_prompts, load_rows, model_fingerprint, params_key, prompt_hash
+    from lmtailor.evaluate.answers import (
+        answer_prompts,
+        load_rows,
+        model_fingerprint,
+        params_key,
+        prompt_hash,
+    )
     from lmtailor.evaluate.spec import EvalSpec
     from lmtailor.home import atomic_write_text
     from lmtailor.models.catalog import EMBEDDED

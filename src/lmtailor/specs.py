@@ -12,6 +12,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lmtailor.errors import LmtailorError, SpecError
 
+# The metrics' names: what a spec may ask for (evaluate/metrics.py computes them and imports these).
+CLASSIFICATION = ("accuracy", "precision", "recall", "f1")
+METRIC_NAMES = ("exact_match", "contains", *CLASSIFICATION, "rouge_l", "bleu", "chrf", "perplexity")
+# Scored by evaluate/judge.py with a judge model (`lmtailor eval --judge-model`), never picked automatically.
+JUDGE = "judge"
+EVAL_METRIC_NAMES = (*METRIC_NAMES, JUDGE)
+
+
+def check_names(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The metric names once each, in order; an unknown name (or judge, which needs a judge model) is an error."""
+    if JUDGE in names:
+        raise LmtailorError(
+            "metric judge needs a judge model: it is scored by `lmtailor eval --judge-model` only"
+        )
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise LmtailorError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRIC_NAMES)}")
+    return list(dict.fromkeys(names))
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -321,8 +340,6 @@ class TrainSpec(_Spec):
             if self.strategy == "qlora" or self.gradient_checkpointing:
                 raise ValueError(f"method {self.method}: qlora and gradient_checkpointing are for sft")
         if self.eval_metrics is not None or self.best_metric not in (None, "eval_loss", "loss"):
-            from lmtailor.evaluate.metrics import check_names
-
             known = set(self.eval_metrics or [])
             try:
                 check_names(sorted(known))

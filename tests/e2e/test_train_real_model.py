@@ -134,9 +134,9 @@ def test_the_shipped_answers_are_the_embedded_model_s_own(smol_dir: Path, tmp_pa
 
     import torch
 
+    from lmtailor.evaluate.answers import load_rows, model_fingerprint, prompt_hash, shipped_answers
     from lmtailor.evaluate.generate import generate
     from lmtailor.evaluate.retention import MAX_NEW_TOKENS, load_probes
-    from lmtailor.evaluate.runner import load_rows, model_fingerprint, prompt_hash, shipped_answers
     from lmtailor.models.loading import load_model, load_tokenizer
     from lmtailor.train.replay import REPLAY_MAX_TOKENS, load_pool
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from lmtailor.data.formats import load_records
-from lmtailor.evaluate.runner import load_rows
+from lmtailor.evaluate.answers import load_rows
 
 DOC_EN = """# The Lighthouse of Brackenholt
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from lmtailor.data.cli import data_app
+from lmtailor.cli.data import data_app
 
 runner = CliRunner()
 
@@ -210,7 +210,7 @@ def test_every_command_help_has_an_example() -> None:
 
 def test_importing_the_cli_loads_no_torch_or_transformers() -> None:
     code = (
-        "import sys, lmtailor.data.cli\n"
+        "import sys, lmtailor.cli.data\n"
         "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'pyarrow') if m in sys.modules))\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

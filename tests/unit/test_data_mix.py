@@ -206,7 +206,8 @@ def test_a_short_run_on_two_files_reports_a_loss_per_file(
 
 def test_eval_reports_scores_per_source_when_rows_carry_one() -> None:
     from lmtailor.evaluate import metrics as M
-    from lmtailor.evaluate.runner import EvalRow, ModelRun, scores_by_source
+    from lmtailor.evaluate.answers import EvalRow, ModelRun
+    from lmtailor.evaluate.runner import scores_by_source
 
     rows = [EvalRow([{"role": "user", "content": "q"}], ref, i, src)
             for i, (ref, src) in enumerate([("a", "x"), ("b", "x"), ("c", "y"), ("d", "y"), ("e", "y")])]  # fmt: skip

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lmtailor.data.records import Message, Record
-from lmtailor.data.validate import token_length, validate_file, validate_record
+from lmtailor.data.records import Message, Record, validate_record
+from lmtailor.data.validate import token_length, validate_file
 from lmtailor.errors import LmtailorError
 
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lmtailor.errors import DataError, SpecError
-from lmtailor.evaluate import runner
+from lmtailor.evaluate import answers, runner
 from lmtailor.evaluate.spec import EvalSpec
 from lmtailor.specs import build_spec
 
@@ -45,21 +45,21 @@ def test_load_rows_reads_each_prompt_shape(tmp_path: Path):
                       {"role": "assistant", "content": "A2"}]},
         {"instruction": "Q3", "input": "ctx", "output": "A3"},
     ])  # fmt: skip
-    rows = runner.load_rows(path)
+    rows = answers.load_rows(path)
     assert [r.reference for r in rows] == ["1974", "A2", "A3"]
     assert rows[1].prompt == [{"role": "system", "content": "S"}, {"role": "user", "content": "Q2"}]
     assert rows[2].prompt[-1] == {"role": "user", "content": "Q3\n\nctx"}
     bad = _write(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "no reference"}]}])
     with pytest.raises(DataError, match=r"bad.jsonl:1: no reference"):
-        runner.load_rows(bad)
+        answers.load_rows(bad)
 
 
 def test_endpoint_references():
-    assert runner.parse_endpoint("openai:my-model@http://127.0.0.1:8000/v1") == runner.Endpoint(
+    assert answers.parse_endpoint("openai:my-model@http://127.0.0.1:8000/v1") == answers.Endpoint(
         "my-model", "http://127.0.0.1:8000/v1"
     )
-    assert runner.parse_endpoint("openai:Qwen/Qwen2.5-7B") == runner.Endpoint("Qwen/Qwen2.5-7B", None)
-    assert runner.parse_endpoint("smollm2-135m-instruct") is None
+    assert answers.parse_endpoint("openai:Qwen/Qwen2.5-7B") == answers.Endpoint("Qwen/Qwen2.5-7B", None)
+    assert answers.parse_endpoint("smollm2-135m-instruct") is None
 
 
 def test_spec_rejects_unknown_keys_and_metrics():
@@ -145,7 +145,7 @@ def test_evaluate_rows_for_a_training_callback(tiny_llama_dir, sentiment_file):
 
     from lmtailor.models.loading import load_model, load_tokenizer
 
-    rows = runner.load_rows(sentiment_file)
+    rows = answers.load_rows(sentiment_file)
     model = load_model(str(tiny_llama_dir), dtype=torch.float32, device="cpu")
     model.train()
     values = runner.evaluate_rows(model, load_tokenizer(str(tiny_llama_dir)), rows, ["accuracy", "f1", "perplexity"],

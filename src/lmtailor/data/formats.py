@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lmtailor.data.records import Message, Record
-from lmtailor.data.validate import validate_record
+from lmtailor.data.records import Message, Record, validate_record
 from lmtailor.errors import DataError
 
 FORMATS = ("chat", "alpaca", "sharegpt")

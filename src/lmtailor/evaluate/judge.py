@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lmtailor.evaluate import metrics as M
-from lmtailor.evaluate.runner import EvalRow, ModelRun, answer_prompts, parse_endpoint
+from lmtailor.evaluate.answers import EvalRow, ModelRun, answer_prompts, parse_endpoint
 from lmtailor.evaluate.spec import EvalSpec
 
 SCALE = (1, 5)

@@ -23,16 +23,16 @@ import numpy as np
 from lmtailor.errors import LmtailorError
 from lmtailor.evaluate import match
 from lmtailor.evaluate.match import normalize
+from lmtailor.specs import CLASSIFICATION as CLASSIFICATION  # the names are the specs' (the layer below)
+from lmtailor.specs import EVAL_METRIC_NAMES as EVAL_METRIC_NAMES
+from lmtailor.specs import JUDGE as JUDGE
+from lmtailor.specs import METRIC_NAMES as METRIC_NAMES
+from lmtailor.specs import check_names as check_names
 
 UNMATCHED = "<unmatched>"
-CLASSIFICATION = ("accuracy", "precision", "recall", "f1")
 FREE_TEXT = ("contains", "rouge_l", "chrf")
 # Metrics whose per-example values are 0/1 (McNemar applies to them).
 BINARY = ("exact_match", "contains", "accuracy")
-METRIC_NAMES = ("exact_match", "contains", *CLASSIFICATION, "rouge_l", "bleu", "chrf", "perplexity")
-# Scored by evaluate/judge.py with a judge model (`lmtailor eval --judge-model`), never picked automatically.
-JUDGE = "judge"
-EVAL_METRIC_NAMES = (*METRIC_NAMES, JUDGE)
 LOWER_IS_BETTER = ("perplexity",)
 # A reference set reads as labels when it has at most this many distinct short values, each repeated.
 MAX_LABELS = 20
@@ -301,17 +301,6 @@ def pick_metrics(references: Sequence[str]) -> list[str]:
     if short and 2 <= len(distinct) <= MAX_LABELS and len(distinct) * 2 <= len(norm):
         return list(CLASSIFICATION)
     return list(FREE_TEXT)
-
-
-def check_names(names: Sequence[str]) -> list[str]:
-    if JUDGE in names:
-        raise LmtailorError(
-            "metric judge needs a judge model: it is scored by `lmtailor eval --judge-model` only"
-        )
-    unknown = [n for n in names if n not in METRIC_NAMES]
-    if unknown:
-        raise LmtailorError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRIC_NAMES)}")
-    return list(dict.fromkeys(names))
 
 
 def score(

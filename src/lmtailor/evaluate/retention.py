@@ -221,7 +221,7 @@ def measure(
     """Retention of model `tuned` against model `base` over the bundled probes. Both answer greedily through
     eval's answer cache (the base's answers are generated once per base model and reused). A base without a
     chat template cannot be asked chat probes: LmtailorError, which callers report as a line and go on."""
-    from lmtailor.evaluate.runner import answer_prompts
+    from lmtailor.evaluate.answers import answer_prompts
     from lmtailor.evaluate.spec import EvalSpec
 
     if not has_chat_template(base, home, trust_remote_code):
@@ -257,8 +257,8 @@ def measure(
 def judge_open(probes, base: list[str], tuned: list[str], judge_model: str, home, log, spec) -> list[bool]:
     """A judge model's verdict on the open probes: does the tuned answer do the task as well as the base's (a
     score of 4 or 5 of 5, the base's answer as the reference)? Probes with a reference are not asked: True."""
+    from lmtailor.evaluate.answers import EvalRow, answer_prompts
     from lmtailor.evaluate.judge import JUDGE_PARAMS, judge_prompt, parse_reply
-    from lmtailor.evaluate.runner import EvalRow, answer_prompts
 
     idx = [i for i, p in enumerate(probes) if p.open and p.acceptable(base[i])]
     prompts = [judge_prompt(JUDGE_RUBRIC, EvalRow(probes[i].messages, base[i]), tuned[i]) for i in idx]

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lmtailor.evaluate.metrics import EVAL_METRIC_NAMES, JUDGE
+from lmtailor.specs import EVAL_METRIC_NAMES, JUDGE
 
 
 class EvalSpec(BaseModel):

@@ -4,7 +4,7 @@ Both askings are `lmtailor eval` runs (evaluate/runner.run_eval): the second reu
 answers and adds intervals and a McNemar test of tuned against base, with report.md / report.html.
 Timings on a 2-core AMD EPYC without bf16 (fp32; 2026-12-07): convert the embedded model ~40 s (once); the base's
 answers, the replay rows' answers and the base's answers to the general probes come with the package for the
-embedded model (evaluate/runner.shipped_answers); training 144 steps (3 epochs over the 300 rows and 75 rows of the
+embedded model (evaluate/answers.shipped_answers); training 144 steps (3 epochs over the 300 rows and 75 rows of the
 base's own answers to general prompts, docs/defaults.md) 444 s; at the end of training, retention
 (evaluate/retention.py): the tuned model's answers to the 111 general probes the base answered acceptably, ~30 s;
 tuned answers ~30 s. 9 min 6 s in all on that VM, where the rule before replay (312 steps with recitations, no

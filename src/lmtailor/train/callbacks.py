@@ -127,7 +127,7 @@ class SourceLossCallback(TrainerCallback):
 def val_rows(records) -> list:
     """Validation records (each ends in an assistant turn) as evaluation rows, read as `lmtailor eval` reads
     a test file: the prompt before the last turn, and that turn (or the row's `reference`) as reference."""
-    from lmtailor.evaluate.runner import eval_row
+    from lmtailor.evaluate.answers import eval_row
 
     return [row for row in map(eval_row, records) if not isinstance(row, str)]
 

@@ -50,8 +50,8 @@ def replay_rows(
 ) -> list[Record]:
     """`n` replay rows: pool prompts drawn with `seed` (the pool again, reshuffled, when n exceeds it), each with
     the base model's own greedy answer. Raises LmtailorError for a base without a chat template."""
+    from lmtailor.evaluate.answers import answer_prompts
     from lmtailor.evaluate.retention import own_template
-    from lmtailor.evaluate.runner import answer_prompts
     from lmtailor.evaluate.spec import EvalSpec
     from lmtailor.models.loading import load_tokenizer
 

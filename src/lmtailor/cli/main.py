@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from lmtailor.data.cli import data_app
-from lmtailor.errors import LmtailorError
-from lmtailor.evaluate.cli import eval_command
-from lmtailor.platform.cli import jobs_app
-from lmtailor.terminal import err, out, print_error, print_table
+from lmtailor.cli.data import data_app
+from lmtailor.cli.evaluate import eval_command
+from lmtailor.cli.jobs import jobs_app
+from lmtailor.cli.support import use_given_threads, user_errors
+from lmtailor.terminal import out, print_table
 
 app = typer.Typer(
     help="lmtailor: tailor open language models to your own task: data, fine-tuning, evaluation, chat.",
@@ -36,29 +33,6 @@ HomeOpt = Annotated[
 ]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="show the full traceback of an error")]
 console = out()
-
-
-@contextmanager
-def user_errors(debug: bool = False) -> Iterator[None]:
-    """Our errors as one red line and exit code 1; `--debug` keeps the traceback."""
-    try:
-        yield
-    except LmtailorError as e:
-        if debug:
-            raise
-        print_error(str(e))
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err().print("[yellow]interrupted[/yellow]")
-        raise typer.Exit(130) from None
-
-
-def _threads() -> None:
-    """Heavy commands use the cores they are given; two processes fighting over OpenMP threads crawl."""
-    if "OMP_NUM_THREADS" in os.environ:
-        import torch
-
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
 
 
 @app.command()
@@ -210,7 +184,7 @@ def train(
         if dry_run:
             _print_dry_run(train_spec, home)
             return
-        _threads()
+        use_given_threads()
         from lmtailor.train.launch import train as launch_train
 
         out = launch_train(train_spec, home=home)
@@ -263,7 +237,7 @@ def quickstart(
     Example: lmtailor quickstart
     """
     with user_errors(debug):
-        _threads()
+        use_given_threads()
         from lmtailor.quickstart.run import run_quickstart
 
         run_quickstart(home=home, limit=limit, console=console)
@@ -298,7 +272,7 @@ def merge(
     Example: lmtailor merge -m support-bot -m billing-bot --method ties --weight 1 --weight 1 -o merged
     """
     with user_errors(debug):
-        _threads()
+        use_given_threads()
         from lmtailor.merge.run import run_merge
         from lmtailor.specs import MergeSpec, load_spec
 
@@ -333,7 +307,7 @@ def chat(
     lmtailor chat quickstart --url http://127.0.0.1:8000/v1
     """
     with user_errors(debug):
-        _threads()
+        use_given_threads()
         from lmtailor.chat import run_chat
 
         key = api_key or os.environ.get("LMTAILOR_API_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -398,7 +372,7 @@ def serve(
     or a browser at http://127.0.0.1:8000/
     """
     with user_errors(debug):
-        _threads()
+        use_given_threads()
         from lmtailor.serve.run import run_server
 
         run_server(models=model, host=host, port=port, api_key=api_key or os.environ.get("LMTAILOR_API_KEY"),
@@ -459,7 +433,3 @@ def models_show(name: Annotated[str, typer.Argument(help="model name or folder")
 
 def main() -> None:  # pragma: no cover - `python -m lmtailor`
     app(prog_name="lmtailor")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

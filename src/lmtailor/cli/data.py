@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,8 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from lmtailor.cli.support import use_given_threads, user_errors
 from lmtailor.errors import DataError, LmtailorError
-from lmtailor.terminal import err, out, print_error
+from lmtailor.terminal import err, out
 
 data_app = typer.Typer(
     help="Inspect, validate, clean and split training data (JSONL, JSON, CSV or Parquet).",
@@ -33,16 +33,6 @@ OnErrorOpt = Annotated[
 MAX_SHOWN = 20
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Our errors as one red line on stderr and exit code 1; anything else is a bug and keeps its traceback."""
-    try:
-        yield
-    except LmtailorError as e:
-        print_error(str(e))
-        raise typer.Exit(1) from None
-
-
 def _tokenizer(model: str | None, home: Path | None) -> Any:
     if model is None:
         return None
@@ -60,7 +50,7 @@ def inspect_cmd(file: FileArg, fmt: FormatOpt = "auto", model: ModelOpt = None, 
     from lmtailor.data.formats import load_records
     from lmtailor.data.summary import summarize
 
-    with _user_errors():
+    with user_errors():
         result = load_records(file, fmt, on_error="skip")
         summary = summarize(result.records, _tokenizer(model, home), result.formats)
     _print_summary(file, summary, len(result.errors))
@@ -85,7 +75,7 @@ def validate_cmd(
     from lmtailor.data.summary import summarize
     from lmtailor.data.validate import validate_file
 
-    with _user_errors():
+    with user_errors():
         if max_length is not None and model is None:
             raise LmtailorError("--max-length needs --model (its tokenizer counts the tokens)")
         tokenizer = _tokenizer(model, home)
@@ -135,7 +125,7 @@ def clean_cmd(
     from lmtailor.data.formats import load_records
     from lmtailor.data.summary import write_jsonl
 
-    with _user_errors():
+    with user_errors():
         if max_tokens is not None and model is None:
             raise LmtailorError("--max-tokens needs --model (its tokenizer counts the tokens)")
         result = load_records(file, fmt, on_error=on_error)  # type: ignore[arg-type]
@@ -176,7 +166,7 @@ def split_cmd(
     from lmtailor.data.split import SPLIT_NAMES, check_ratios, split_records
     from lmtailor.data.summary import write_jsonl
 
-    with _user_errors():
+    with user_errors():
         values = check_ratios(_parse_ratios(ratios))
         result = load_records(file, fmt, on_error=on_error)  # type: ignore[arg-type]
         splits = split_records(result.records, values, seed)
@@ -226,7 +216,7 @@ def synth_cmd(
 
     from lmtailor.specs import SynthSpec, load_spec
 
-    with _user_errors():
+    with user_errors():
         spec = load_spec(SynthSpec, spec_file, {"docs": docs or None, "generator": generator,
                                                 "pairs_per_chunk": pairs_per_chunk, "paraphrases": paraphrases,
                                                 "lang": lang, "output": output, "grounding": grounding,
@@ -234,10 +224,9 @@ def synth_cmd(
                                                 "tokenizer": tokenizer})  # fmt: skip
         if spec.output is None:
             spec.output = "synth.jsonl"
-        from lmtailor.cli import _threads  # imported here: lmtailor.cli imports this module
         from lmtailor.synth import run_synth
 
-        _threads()
+        use_given_threads()
 
         console = out()
         report = run_synth(spec, home=home, log=lambda line: console.print(escape(line)))

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lmtailor.cli.support import use_given_threads, user_errors
+
 
 def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
@@ -85,7 +87,6 @@ def eval_command(
 
     Judged: lmtailor eval -m my-model --data test.jsonl --metrics judge,rouge_l --judge-model openai:gpt-4o-mini
     """
-    from lmtailor.cli import _threads, user_errors  # here, not at import: lmtailor.cli imports this module
 
     flags = {
         "models": model or None, "data": data, "metrics": _split(metrics), "labels": _split(labels),
@@ -100,7 +101,7 @@ def eval_command(
 
         flags["judge_rubric"] = _text_or_file("--judge-rubric", judge_rubric)
         eval_spec = load_spec(EvalSpec, spec, flags)
-        _threads()
+        use_given_threads()
         from lmtailor.evaluate.runner import run_eval
 
         result = run_eval(eval_spec, home=home, log=lambda s: console.print(f"[dim]{s}[/dim]"))

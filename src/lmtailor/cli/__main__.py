@@ -1,0 +1,7 @@
+"""`python -m lmtailor.cli`."""
+
+import sys
+
+from lmtailor.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""What every command of the `lmtailor` CLI shares: errors as one line, and the cores it was given.
+
+main.py, data.py and evaluate.py import this module and never each other's helpers (main.py imports their
+commands to mount them), so the imports point one way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import typer
+
+from lmtailor.errors import LmtailorError
+from lmtailor.terminal import err, print_error
+
+
+@contextmanager
+def user_errors(debug: bool = False) -> Iterator[None]:
+    """Our errors as one red line and exit code 1; `--debug` keeps the traceback. Anything else is a bug and
+    keeps its traceback."""
+    try:
+        yield
+    except LmtailorError as e:
+        if debug:
+            raise
+        print_error(str(e))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err().print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+
+
+def use_given_threads() -> None:
+    """Heavy commands use the cores they are given; two processes fighting over OpenMP threads crawl."""
+    if "OMP_NUM_THREADS" in os.environ:
+        import torch
+
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
