@@ -10,6 +10,7 @@
 #      the --dry-run estimate
 #   2. with two or more GPUs: the same data on 2 processes with DDP and with FSDP, losses against 1 process
 #   3. vLLM serving (scripts/gpu_serve_check.py), tensor parallel over 2 GPUs where there are two
+#   4. the test suite's cases that skip without a GPU (marked `gpu`: pytest -m gpu)
 set -u
 OUT=${1:-${OUT:-gpu-check-out}}
 mkdir -p "$OUT"
@@ -78,4 +79,8 @@ if "$PY" -c "import vllm" 2>/dev/null; then
 else
   say "- SKIP vllm: not installed (pip install vllm)"
 fi
+# 4. the suite's GPU cases (each skips without the GPUs it needs; on a CPU machine they are all skipped)
+"$PY" -m pytest -q -m gpu -rA tests > "$OUT/pytest_gpu.log" 2>&1
+say "- pytest -m gpu: $(tail -1 "$OUT/pytest_gpu.log")"
+grep -E "^(PASSED|FAILED|SKIPPED|ERROR)" "$OUT/pytest_gpu.log" | sed 's/^/  - /' | tee -a "$REPORT"
 echo "report: $REPORT"

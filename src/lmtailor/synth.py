@@ -315,7 +315,7 @@ class Generator:
     """A local model or an OpenAI-compatible endpoint; `ask` answers chat prompts, None where a request failed."""
 
     def __init__(self, ref: str, spec: SynthSpec, home, log: Callable[[str], None]):
-        from lmtailor.evaluate.answers import parse_endpoint
+        from lmtailor.models.endpoint import parse_endpoint
 
         self.ref, self.spec, self.home, self.log = ref, spec, home, log
         self.endpoint = parse_endpoint(ref)

@@ -158,6 +158,7 @@ def _gpus() -> int:
     return torch.cuda.device_count()
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(_gpus() == 0, reason="needs a GPU (on a CPU any number of processes may train)")
 def test_more_processes_than_the_servers_gpus_is_a_400(platform, lively_llama_dir, tmp_path):
     client = platform.client()

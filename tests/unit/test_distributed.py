@@ -81,7 +81,8 @@ NO_FSDP = (
 
 
 @pytest.mark.parametrize(
-    "engine", ["ddp", pytest.param("fsdp", marks=pytest.mark.skipif(GPUS < 2, reason=NO_FSDP))]
+    "engine",
+    ["ddp", pytest.param("fsdp", marks=[pytest.mark.gpu, pytest.mark.skipif(GPUS < 2, reason=NO_FSDP)])],
 )
 def test_two_processes_train_as_one_with_the_same_global_batch(engine, tiny_llama_dir, data, spec, tmp_path):
     """2 processes x 2 rows = 1 process x 4 rows: the same losses and weights (gloo on CPUs)."""
@@ -198,6 +199,7 @@ def test_more_processes_than_gpus_is_said_before_any_starts():
     assert "(lmtailor.devices 2) need a GPU each" in gpu_shortfall(2, 1, option="lmtailor.devices")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(GPUS == 0, reason="needs a GPU (scripts/gpu_check.sh runs the suite's GPU paths)")
 def test_more_processes_than_gpus_are_refused_in_words(tiny_llama_dir, data, tmp_path):
     n = GPUS + 1

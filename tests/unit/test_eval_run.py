@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from lmtailor.errors import DataError, SpecError
 from lmtailor.evaluate import answers, runner
 from lmtailor.evaluate.spec import EvalSpec
+from lmtailor.models.endpoint import Endpoint, parse_endpoint
 from lmtailor.specs import build_spec
 
 TOP_KEYS = {"schema", "created_at", "data", "metrics", "metrics_picked", "labels", "generation", "bootstrap",
@@ -55,11 +56,11 @@ def test_load_rows_reads_each_prompt_shape(tmp_path: Path):
 
 
 def test_endpoint_references():
-    assert answers.parse_endpoint("openai:my-model@http://127.0.0.1:8000/v1") == answers.Endpoint(
+    assert parse_endpoint("openai:my-model@http://127.0.0.1:8000/v1") == Endpoint(
         "my-model", "http://127.0.0.1:8000/v1"
     )
-    assert answers.parse_endpoint("openai:Qwen/Qwen2.5-7B") == answers.Endpoint("Qwen/Qwen2.5-7B", None)
-    assert answers.parse_endpoint("smollm2-135m-instruct") is None
+    assert parse_endpoint("openai:Qwen/Qwen2.5-7B") == Endpoint("Qwen/Qwen2.5-7B", None)
+    assert parse_endpoint("smollm2-135m-instruct") is None
 
 
 def test_spec_rejects_unknown_keys_and_metrics():

@@ -21,8 +21,8 @@ from lmtailor.errors import DataError, ModelError
 from lmtailor.evaluate import metrics as M
 from lmtailor.evaluate.spec import EvalSpec
 from lmtailor.home import atomic_write_json, home_dir
+from lmtailor.models.endpoint import Endpoint, parse_endpoint
 
-ENDPOINT_PREFIX = "openai:"
 WEIGHT_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt", ".tiktoken")
 # written beside the weights after training (the card's metrics, retention.json, the quickstart's summary):
 # they must not invalidate the cache
@@ -36,12 +36,6 @@ class EvalRow:
     reference: str
     line: int | None = None
     source: str | None = None  # the row's `source` key (the data set it is from): scores per source
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    model: str
-    base_url: str | None
 
 
 # ---------------------------------------------------------------- rows
@@ -84,20 +78,6 @@ def load_rows(path: str | Path, fmt: str = "auto", on_error: str = "fail") -> li
 
 
 # ---------------------------------------------------------------- models and the cache
-
-
-def parse_endpoint(ref: str) -> Endpoint | None:
-    """`openai:MODEL@BASE_URL` (or `openai:MODEL`, base URL from $OPENAI_BASE_URL) as an Endpoint, else None."""
-    if not ref.startswith(ENDPOINT_PREFIX):
-        return None
-    model, at, url = ref[len(ENDPOINT_PREFIX) :].rpartition("@")
-    if not at:
-        model, url = url, ""
-    if not model:
-        raise ModelError(
-            f"{ref!r}: write an endpoint as openai:MODEL@BASE_URL, e.g. openai:m@http://127.0.0.1:8000/v1"
-        )
-    return Endpoint(model, url or None)
 
 
 def model_fingerprint(ref: str, home: str | Path | None = None) -> str:

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from lmtailor.evaluate import metrics as M
-from lmtailor.evaluate.answers import EvalRow, ModelRun, answer_prompts, parse_endpoint
+from lmtailor.evaluate.answers import EvalRow, ModelRun, answer_prompts
 from lmtailor.evaluate.spec import EvalSpec
+from lmtailor.models.endpoint import parse_endpoint
 
 SCALE = (1, 5)
 JUDGE_MAX_TOKENS = 256  # a JSON score and one sentence of reason fit in a quarter of this

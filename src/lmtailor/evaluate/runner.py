@@ -31,10 +31,10 @@ from lmtailor.evaluate.answers import (
     file_sha,
     generation_params,
     load_rows,
-    parse_endpoint,
 )
 from lmtailor.evaluate.spec import EvalSpec
 from lmtailor.home import atomic_write_json, atomic_write_text, home_dir
+from lmtailor.models.endpoint import parse_endpoint
 
 if TYPE_CHECKING:
     from lmtailor.evaluate.judge import Judged
