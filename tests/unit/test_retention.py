@@ -78,6 +78,11 @@ def test_a_judge_decides_the_open_probes_when_given():
     by_chrf = retention(PROBES, BASE, tuned)
     by_judge = retention(PROBES, BASE, tuned, kept_open=[True] * len(PROBES))
     assert by_chrf["kept"] == 4 and by_judge["kept"] == 5 and by_judge["open_probes_by"] == "judge"
+    # a judge reply without a score is not a loss: agreement decides that probe, and the report counts it
+    unscored = retention(PROBES, BASE, list(BASE), kept_open=[None] * len(PROBES))
+    assert unscored["kept"] == 5 and unscored["judge_fallbacks"] == 2 and by_judge["judge_fallbacks"] == 0
+    lost = retention(PROBES, BASE, tuned, kept_open=[None] * len(PROBES))
+    assert lost["kept"] == by_chrf["kept"] == 4  # as chrF decides it: "Sleep." is far from the base's answer
 
 
 def test_the_interval_is_a_bootstrap_over_the_eligible_probes():

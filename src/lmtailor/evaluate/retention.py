@@ -121,16 +121,17 @@ def retention(
     probes: list[Probe],
     base: list[str],
     tuned: list[str],
-    kept_open: list[bool] | None = None,
+    kept_open: list[bool | None] | None = None,
     resamples: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """The retention report of `tuned` against `base` (answers in the probes' order). `kept_open`: a judge's
-    verdict per probe on the open probes (None: chrF agreement with the base's answer decides)."""
+    verdict per probe on the open probes (None: chrF agreement with the base's answer decides; so does a None
+    verdict, a judge reply without a score, which is counted in `judge_fallbacks`)."""
     from lmtailor.evaluate.metrics import Score
     from lmtailor.evaluate.stats import bootstrap_ci
 
-    eligible, kept, agree = [], [], []
+    eligible, kept, agree, fallbacks = [], [], [], 0
     for i, probe in enumerate(probes):
         if not probe.acceptable(base[i]):
             continue
@@ -138,7 +139,9 @@ def retention(
         score = agreement(tuned[i], base[i])
         agree.append(score)
         if probe.open:
-            kept.append(kept_open[i] if kept_open is not None else score >= AGREE)
+            verdict = kept_open[i] if kept_open is not None else None
+            fallbacks += kept_open is not None and verdict is None
+            kept.append(verdict if verdict is not None else score >= AGREE)
         else:
             kept.append(probe.acceptable(tuned[i]))
     values = np.asarray(kept, dtype=float)
@@ -155,6 +158,7 @@ def retention(
         "probes": len(probes),
         "probes_version": probes_version(probes),
         "open_probes_by": "agreement" if kept_open is None else "judge",
+        "judge_fallbacks": fallbacks,  # open probes the judge gave no score: chrF agreement decided them
         "agree_threshold": AGREE,
         "by_category": _groups(probes, eligible, kept, lambda p: p.category),
         "by_lang": _groups(probes, eligible, kept, lambda p: p.lang),
@@ -254,9 +258,12 @@ def measure(
     return report
 
 
-def judge_open(probes, base: list[str], tuned: list[str], judge_model: str, home, log, spec) -> list[bool]:
+def judge_open(
+    probes, base: list[str], tuned: list[str], judge_model: str, home, log, spec
+) -> list[bool | None]:
     """A judge model's verdict on the open probes: does the tuned answer do the task as well as the base's (a
-    score of 4 or 5 of 5, the base's answer as the reference)? Probes with a reference are not asked: True."""
+    score of 4 or 5 of 5, the base's answer as the reference)? Probes with a reference are not asked: True.
+    A reply without a score is None: retention() decides that probe by agreement instead of counting it lost."""
     from lmtailor.evaluate.answers import EvalRow, answer_prompts
     from lmtailor.evaluate.judge import JUDGE_PARAMS, judge_prompt, parse_reply
 
@@ -265,10 +272,15 @@ def judge_open(probes, base: list[str], tuned: list[str], judge_model: str, home
     got = answer_prompts(
         judge_model, prompts, JUDGE_PARAMS, spec, home, log, what="judgements of open probes"
     )
-    verdicts = [True] * len(probes)
+    verdicts: list[bool | None] = [True] * len(probes)
     for i, reply in zip(idx, got.texts, strict=True):
         score = parse_reply(reply).score
-        verdicts[i] = score is not None and score >= 4
+        verdicts[i] = None if score is None else score >= 4
+    unscored = sum(verdicts[i] is None for i in idx)
+    if unscored:
+        log(
+            f"{judge_model}: no score in {unscored} of {len(idx)} judgements of open probes; agreement decides them"
+        )
     return verdicts
 
 
