@@ -55,7 +55,8 @@ def test_preference_rows_in_both_formats_and_bad_ones_by_line(tmp_path):
 
 
 def test_dpo_through_lmtailor_train(tiny_llama_dir, tmp_path, sft_card):
-    """Also: the card has the keys of SFT's, and the loss curve is drawn."""
+    """Also: the card has the keys of SFT's, the loss curve is drawn, and keep-best ends on the checkpoint with the
+    lowest validation loss (DPO's loss on the held-out pairs)."""
     from lmtailor.cli import app
 
     data = preference_file(tmp_path / "prefs.jsonl")
@@ -63,7 +64,8 @@ def test_dpo_through_lmtailor_train(tiny_llama_dir, tmp_path, sft_card):
     result = CliRunner().invoke(app, ["train", "--method", "dpo", "--model", str(tiny_llama_dir), "--data", str(data),
                                       "--output", str(out), "--strategy", "lora", "--lora-r", "4", "--epochs", "3",
                                       "--batch-size", "4", "--lr", "5e-3", "--beta", "0.2", "--val-ratio", "0.25",
-                                      "--precision", "fp32", "--home", str(tmp_path / "home")])  # fmt: skip
+                                      "--keep-best", "--early-stopping-patience", "2", "--precision", "fp32",
+                                      "--home", str(tmp_path / "home")])  # fmt: skip
     assert result.exit_code == 0, result.output
     card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
     assert card["method"] == "dpo" and card["strategy"] == "lora" and card["hyperparameters"]["beta"] == 0.2
@@ -75,6 +77,8 @@ def test_dpo_through_lmtailor_train(tiny_llama_dir, tmp_path, sft_card):
     eval_logs = [r for r in rows if "eval_rewards/margins" in r]
     assert train_logs and eval_logs and "eval_rewards/accuracies" in eval_logs[-1]
     assert "eval_rewards/margins" in card["metrics"]
+    during = [r["eval_loss"] for r in eval_logs[:-1]]  # the last one: the final validation, of the model kept
+    assert len(during) == 3 and card["metrics"]["eval_loss"] == pytest.approx(min(during), rel=1e-4)
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero: DPO moved it
