@@ -148,11 +148,11 @@ def main() -> None:
     model_dir = embedded_folder()
     from lmtailor.models.loading import _count_parameters
     from lmtailor.specs import TrainSpec
-    from lmtailor.train.sft import _precision
+    from lmtailor.train.core import compute_precision
 
     n_params = _count_parameters(model_dir)
     # The precision lmtailor's side trains in, decided where run_sft decides it: bf16 or fp32 on a CPU.
-    kind = _precision(TrainSpec(model=str(model_dir), data=str(a.data)), "cpu")
+    kind = compute_precision(TrainSpec(model=str(model_dir), data=str(a.data)), "cpu")
     peak = matmul_peak_tflops({"bf16": torch.bfloat16, "fp32": torch.float32}[kind])
     runs: dict[str, list[dict]] = {"plain TRL": [], "lmtailor": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -210,3 +210,18 @@ def idle_server(server_class):
         return server
 
     return start
+
+
+@pytest.fixture(scope="session")
+def sft_card(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The card (lmtailor.json) of one short SFT run on the tiny Llama, for other methods' cards to match."""
+    from lmtailor.specs import TrainSpec
+    from lmtailor.train.sft import run_sft
+
+    work = tmp_path_factory.mktemp("sft-card")
+    data = write_chat_file(work / "chat.jsonl")
+    spec = TrainSpec(model=str(tiny_llama_dir), data=str(data), val_data=str(data), output=str(work / "sft"),
+                     strategy="lora", lora_r=4, epochs=1, batch_size=4, precision="fp32", replay_ratio=0.0,
+                     retention=False)  # fmt: skip
+    out = run_sft(spec, home=work / "home", progress=False, log=lambda *_: None)
+    return json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))

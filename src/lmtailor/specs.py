@@ -247,12 +247,12 @@ class TrainSpec(_Spec):
     )
     eval_steps: int | None = Field(None, ge=1, description="validate every N steps (default: each epoch)")
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="stop after N validations without improvement"
+        None, ge=1, description="stop after N validations without improvement (sft and dpo)"
     )
-    keep_best: bool = Field(False, description="end with the best checkpoint by `best_metric`")
+    keep_best: bool = Field(False, description="end with the best checkpoint by `best_metric` (sft and dpo)")
     eval_metrics: list[str] | None = Field(
         None,
-        description="also generate on the validation rows at each evaluation and score them (e.g. [contains])",
+        description="sft: also generate on the validation rows at each evaluation and score them (e.g. [contains])",
     )
     best_metric: str | None = Field(
         None, description="what keep_best and early stopping watch (default eval_loss)"
@@ -339,6 +339,17 @@ class TrainSpec(_Spec):
                 raise ValueError(f"method {self.method} trains on one process: devices and nodes are for sft")
             if self.strategy == "qlora" or self.gradient_checkpointing:
                 raise ValueError(f"method {self.method}: qlora and gradient_checkpointing are for sft")
+            if self.eval_metrics:
+                raise ValueError(
+                    f"method {self.method}: eval_metrics is for sft (it scores answers generated for validation "
+                    "rows that end in a reference answer)"
+                )
+        if self.method == "reinforcement" and (self.keep_best or self.early_stopping_patience):
+            raise ValueError(
+                "method reinforcement: keep_best and early_stopping_patience are for sft and dpo (they watch "
+                "eval_loss, and GRPO's validation loss does not measure the answers: watch eval_reward in "
+                "metrics.jsonl)"
+            )
         if self.eval_metrics is not None or self.best_metric not in (None, "eval_loss", "loss"):
             known = set(self.eval_metrics or [])
             try:

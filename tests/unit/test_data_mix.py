@@ -14,7 +14,8 @@ from lmtailor.cli import app
 from lmtailor.data.mix import counts, load_mixture, shares, source_names
 from lmtailor.errors import SpecError
 from lmtailor.specs import DataSource, TrainSpec, build_spec, data_option, load_spec
-from lmtailor.train.sft import load_train_val, output_dir
+from lmtailor.train.core import output_dir
+from lmtailor.train.supervised import load_train_val
 
 
 def qa_file(path: Path, n: int, topic: str) -> Path:

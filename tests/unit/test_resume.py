@@ -109,7 +109,7 @@ def test_a_resume_over_other_rows_is_refused_and_keeps_the_checkpoint(
     """The Trainer resumes by skipping the steps already done: over other rows or batches that would train the
     wrong ones, so lmtailor records what the run trains and refuses a resume that differs, in words."""
     from lmtailor.errors import LmtailorError
-    from lmtailor.train.sft import ROWS_FILE
+    from lmtailor.train.core import ROWS_FILE
 
     home, quiet = tmp_path / "home", (lambda *_: None)
     spec = spec_for(tiny_llama_dir, tiny_chat_file, tmp_path / "r")

@@ -44,7 +44,7 @@ def test_rows_and_the_reward_function(tmp_path):
     assert got == [0.75, 0.0]
 
 
-def test_reinforcement_a_few_steps_through_lmtailor_train(tiny_llama_dir, tmp_path):
+def test_reinforcement_a_few_steps_through_lmtailor_train(tiny_llama_dir, tmp_path, sft_card):
     import yaml
     from typer.testing import CliRunner
 
@@ -61,6 +61,8 @@ def test_reinforcement_a_few_steps_through_lmtailor_train(tiny_llama_dir, tmp_pa
     spec = TrainSpec(**fields)
     card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
     assert card["method"] == "reinforcement" and card["hyperparameters"]["num_generations"] == 2
+    assert set(card) == set(sft_card) and set(card["hyperparameters"]) == set(sft_card["hyperparameters"])
+    assert (out / "loss.png").stat().st_size > 0
     logs = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     train = [r for r in logs if "reward" in r]
     evals = [r for r in logs if "eval_reward" in r]

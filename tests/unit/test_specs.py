@@ -131,3 +131,24 @@ def test_missing_spec_file(tmp_path: Path) -> None:
 def test_empty_yaml_file_is_an_empty_mapping(tmp_path: Path) -> None:
     spec = load_spec(TrainSpec, write(tmp_path / "train.yaml", ""), {"data": "d.jsonl"})
     assert spec.data == "d.jsonl"
+
+
+def test_options_a_method_does_not_use_are_refused_in_one_line(tmp_path: Path) -> None:
+    """Not silently ignored: eval_metrics generates answers for sft's validation rows; keep-best and early
+    stopping watch eval_loss, which DPO's validation measures and GRPO's does not."""
+    from typer.testing import CliRunner
+
+    from lmtailor.cli import app
+
+    data = write(tmp_path / "p.jsonl", '{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    result = CliRunner().invoke(app, ["train", "--method", "dpo", "--data", str(data), "--eval-metrics", "contains",
+                                      "--home", str(tmp_path / "home")])  # fmt: skip
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "method dpo: eval_metrics is for sft (" in result.output
+    refused = "method reinforcement: keep_best and early_stopping_patience are for sft and dpo"
+    with pytest.raises(SpecError, match=refused):
+        build_spec(TrainSpec, {"data": "r.jsonl", "method": "reinforcement", "early_stopping_patience": 2})
+    dpo = {"data": "p.jsonl", "method": "dpo", "keep_best": True, "early_stopping_patience": 2}
+    spec = build_spec(TrainSpec, dpo)
+    assert spec.keep_best and spec.early_stopping_patience == 2  # DPO's validation loss is watched

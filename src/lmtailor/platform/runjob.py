@@ -229,7 +229,7 @@ def _last_loss(out: Path) -> float | None:
 
 
 def _has_checkpoint(out: Path) -> bool:
-    from lmtailor.train.sft import last_checkpoint
+    from lmtailor.train.core import last_checkpoint
 
     return last_checkpoint(out) is not None
 
@@ -450,7 +450,7 @@ def rank_callbacks(spec) -> list:
         os.environ["LMTAILOR_JOB_HOME"],
         os.environ["LMTAILOR_JOB_DB"],
     )
-    from lmtailor.train.sft import is_rank0
+    from lmtailor.train.core import is_rank0
 
     if is_rank0():
         from lmtailor.models.catalog import resolve

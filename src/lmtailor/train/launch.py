@@ -4,7 +4,7 @@
 `<output>/.launch/spec.json` and starts N copies of `python -m lmtailor.train.launch SPEC` on this node with
 torch's elastic launcher (what `torchrun` runs: rendezvous, WORLD_SIZE / RANK / LOCAL_RANK, teardown of the
 others when one dies). Each copy runs `run_sft`; transformers' Trainer sees the environment and trains with
-DDP, FSDP or DeepSpeed (train/sft.distributed_args); rank 0 alone writes the model, the card, the curve and
+DDP, FSDP or DeepSpeed (train/core.distributed_args); rank 0 alone writes the model, the card, the curve and
 the job's events. A rank that fails fails the run: its error (the exception it died of, or the signal) comes
 back as one LmtailorError naming the rank. `accelerate_config` launches through `accelerate launch` with that
 file instead, for setups the generated settings do not cover.
@@ -38,7 +38,8 @@ class PausedRun(Paused):
 
 def train(spec: TrainSpec, home=None, log: Callable = print, progress: bool = True, callbacks=None) -> Path:
     """`run_sft` in this process, or on `devices` x `nodes` processes when there are several."""
-    from lmtailor.train.sft import output_dir, run_sft
+    from lmtailor.train.core import output_dir
+    from lmtailor.train.sft import run_sft
 
     if spec.devices * spec.nodes == 1 and not spec.accelerate_config:
         return run_sft(spec, home=home, log=log, progress=progress, callbacks=callbacks)
@@ -62,9 +63,10 @@ def _warm_replay(spec: TrainSpec, home, log: Callable) -> None:
     """The replay rows' answers generated here, once, into the answer cache: every rank then draws the same rows
     from it instead of generating its own (nodes with a home of their own still generate theirs)."""
     from lmtailor.models.catalog import resolve
+    from lmtailor.train.core import free_memory, root_base
     from lmtailor.train.defaults import REPLAY_RATIO
     from lmtailor.train.replay import replay_count, replay_rows
-    from lmtailor.train.sft import _free_memory, load_train_val, root_base
+    from lmtailor.train.supervised import load_train_val
 
     ratio = spec.replay_ratio if spec.replay_ratio is not None else REPLAY_RATIO
     if spec.method != "sft" or not ratio:
@@ -76,7 +78,7 @@ def _warm_replay(spec: TrainSpec, home, log: Callable) -> None:
         )
     except LmtailorError as e:
         log(f"{e}")  # each rank meets it again and acts on it as one process would
-    _free_memory()  # the base answered here: its memory (a GPU's too) goes back before the ranks start
+    free_memory()  # the base answered here: its memory (a GPU's too) goes back before the ranks start
 
 
 def gpu_shortfall(devices: int, gpus: int, option: str = "--devices") -> str | None:
@@ -222,9 +224,11 @@ def _worker(argv: list[str]) -> None:
         import torch
         from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
+        from lmtailor.train.core import is_rank0
+
         # this file runs as __main__ in the ranks: the Paused the job's callbacks raise is the module's one
         from lmtailor.train.launch import Paused as JobPaused
-        from lmtailor.train.sft import is_rank0, run_sft
+        from lmtailor.train.sft import run_sft
 
         if "OMP_NUM_THREADS" in os.environ:
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -104,8 +104,9 @@ def dry_run(spec, home=None) -> dict:
     from lmtailor.data.tokenize import tokenize_record
     from lmtailor.models.catalog import resolve
     from lmtailor.models.loading import _count_parameters, best_device, load_tokenizer
+    from lmtailor.train.core import compute_precision
     from lmtailor.train.defaults import choose
-    from lmtailor.train.sft import _precision, load_train_val, packed_row_length
+    from lmtailor.train.supervised import load_train_val, packed_row_length
 
     train, val = load_train_val(spec)
     base = resolve(spec.model, home)
@@ -115,7 +116,7 @@ def dry_run(spec, home=None) -> dict:
     params = _count_parameters(base.path) or 0
     plan = choose(spec, len(train), lengths, params, on_gpu=device == "cuda", answers=single_answers(train))
     kind = "mlp" if plan.strategy == "freeze" and plan.freeze_modules == ["mlp"] else plan.strategy
-    precision = _precision(spec, device)
+    precision = compute_precision(spec, device)
     processes = spec.devices * spec.nodes
     per_rank = max(1, plan.batch_size // processes)
     row = packed_row_length(plan.max_length, per_rank, lengths) if spec.packing else plan.max_length

@@ -1,9 +1,9 @@
 """`method: reinforcement`: reinforcement fine-tuning with TRL's GRPOTrainer, rewarded by an OpenAI grader.
 
-    run_rft(spec)  rows {"messages": [... ending with user], any other keys} (the keys are the grader's
-                   `item`) → the grader checked → GRPO: `num_generations` answers per prompt, each graded
-                   (graders/core.grade), advantages within the group → validation reward every
-                   `eval_steps` → saved like SFT, with a card
+    run(spec)  rows {"messages": [... ending with user], any other keys} (the keys are the grader's `item`)
+               → the grader checked → GRPO: `num_generations` answers per prompt, each graded
+               (graders/core.grade), advantages within the group → validation reward every `eval_steps`
+               → core.train, core.save
 
 OpenAI's reinforcement hyperparameters map as: n_epochs → epochs, batch_size → prompts per step,
 learning_rate_multiplier → × the learning rate, eval_interval → eval_steps, eval_samples → validation rows
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lmtailor.errors import DataError, SpecError
 from lmtailor.specs import TrainSpec
+from lmtailor.train import core
 
 LEARNING_RATE = {"lora": 2e-5, "full": 1e-6, "freeze": 1e-6}
 
@@ -67,64 +68,64 @@ def reward_function(grader: dict, ask=None):
     return grader_reward
 
 
-def run_rft(spec: TrainSpec, home=None, log: Callable[[str], None] = print, progress: bool = True,
-            callbacks: list | None = None) -> Path:  # fmt: skip
+def run(spec: TrainSpec, home=None, progress: bool = True, log: Callable[[str], None] = print,
+        callbacks: list | None = None) -> Path:  # fmt: skip
     import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from lmtailor.data.split import split_records
     from lmtailor.graders.core import check
-    from lmtailor.graders.routes import make_ask
-    from lmtailor.train.dpo import setup, train_and_save
-    from lmtailor.train.sft import rows_record
+    from lmtailor.train.strategy import trainable_summary
 
     if not spec.grader:
         raise SpecError("method reinforcement needs a grader (an OpenAI grader object)")
     if why := check(spec.grader):
         raise SpecError(why)
     torch.manual_seed(spec.seed)
-    train = load_prompts(spec.data, spec.on_error)
-    val = load_prompts(spec.val_data, spec.on_error) if spec.val_data else []
-    if not spec.val_data and spec.val_ratio > 0:
-        parts = split_records(train, ratios=(1 - spec.val_ratio, spec.val_ratio, 0.0), seed=spec.seed)
-        train, val = parts["train"], parts["val"]
-    if spec.eval_samples:
-        val = val[: spec.eval_samples]
-    base, out, tok, device, precision, strategy, lr, model, trainable, total = setup(
-        spec, home, LEARNING_RATE
+    train, val = core.split(
+        spec, load_prompts(spec.data, spec.on_error), lambda p: load_prompts(p, spec.on_error)
     )
+    val = val[: spec.eval_samples] if spec.eval_samples else val
+    run = core.start(spec, home, log)
+    model, strategy, lr = core.load_policy(run, LEARNING_RATE)
+    trainable, total = trainable_summary(model)
     gens = spec.num_generations
     batch = (spec.batch_size or 2) * gens  # answers a step: batch_size prompts x num_generations
     epochs = spec.epochs or 1
     log(f"reinforcement on {spec.model}, strategy {strategy}: {trainable / 1e6:.2f}M trainable; {len(train)} "
         f"prompts, {len(val)} for validation; grader {spec.grader['type']} {spec.grader['name']!r}; "
         f"{gens} answers a prompt, lr {lr:g}")  # fmt: skip
+    args = core.training_args(
+        GRPOConfig, run, learning_rate=lr, epochs=epochs, per_device=batch,
+        steps_per_epoch=max(1, -(-len(train) * gens // batch)), has_val=bool(val), logging_steps=1,
+        num_generations=gens, max_completion_length=spec.max_completion_length, temperature=1.0, beta=0.0,
+        eval_on_start=bool(val),  # the validation reward before any step: the baseline the run is measured against
+    )  # fmt: skip
+    train_rows = rows(train)
+    trainer = GRPOTrainer(model=model, reward_funcs=[_reward(spec)], args=args,
+                          train_dataset=Dataset.from_list(train_rows),
+                          eval_dataset=Dataset.from_list(rows(val)) if val else None, processing_class=run.tok,
+                          callbacks=core.callbacks(run, progress, bool(val)))  # fmt: skip
+    metrics = core.train(
+        run, trainer, core.rows_record(train_rows, spec, batch, num_generations=gens), callbacks
+    )
+    metrics.update({"trainable_parameters": trainable, "total_parameters": total})
+    card = {"hyperparameters": {"learning_rate": lr, "epochs": epochs, "batch_size": batch, "num_generations": gens},
+            "why": {}, "metrics": metrics, "data": core.data_card(spec, len(train), len(val))}  # fmt: skip
+    return core.save(run, trainer, strategy, card)
 
-    def rows(items):
-        return [{"prompt": r["messages"], "item": json.dumps({k: v for k, v in r.items() if k != "messages"},
-                                                              ensure_ascii=False)} for r in items]  # fmt: skip
+
+def rows(items: list[dict]) -> list[dict]:
+    """Prompt rows as GRPOTrainer reads them: the messages, and the row's other keys as JSON (the grader's item)."""
+    return [{"prompt": r["messages"], "item": json.dumps({k: v for k, v in r.items() if k != "messages"},
+                                                          ensure_ascii=False)} for r in items]  # fmt: skip
+
+
+def _reward(spec: TrainSpec):
+    """The grader as a reward function; a score_model or label_model grader asks the model at
+    LMTAILOR_GRADER_BASE_URL (default: a local lmtailor serve)."""
+    from lmtailor.graders.routes import make_ask
 
     ask = make_ask(os.environ.get("LMTAILOR_GRADER_BASE_URL", "http://127.0.0.1:8000/v1"),
                    os.environ.get("LMTAILOR_API_KEY"))  # fmt: skip
-    reward = reward_function(spec.grader, ask)
-    steps_per_epoch = max(1, -(-len(train) * gens // batch))
-    args = GRPOConfig(
-        output_dir=str(out / "checkpoints"), learning_rate=lr, num_train_epochs=epochs,
-        per_device_train_batch_size=batch, per_device_eval_batch_size=batch, num_generations=gens,
-        max_completion_length=spec.max_completion_length, temperature=1.0, beta=0.0,
-        logging_steps=1, eval_strategy="steps" if val else "no", eval_steps=spec.eval_steps or steps_per_epoch,
-        eval_on_start=bool(val),  # the validation reward before any step: the baseline the run is measured against
-        save_strategy="steps", save_steps=spec.save_steps or max(steps_per_epoch, 10),
-        save_total_limit=spec.save_total_limit, bf16=precision == "bf16", use_cpu=device == "cpu", seed=spec.seed,
-        report_to=[], disable_tqdm=True, dataloader_num_workers=0, lr_scheduler_type=spec.scheduler,
-        warmup_steps=int(spec.warmup_ratio * steps_per_epoch * epochs),
-    )  # fmt: skip
-    train_rows = rows(train)
-    record = rows_record(train_rows, spec, batch, num_generations=gens)
-    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(train_rows),
-                          eval_dataset=Dataset.from_list(rows(val)) if val else None, processing_class=tok)  # fmt: skip
-    chosen = {"learning_rate": lr, "epochs": epochs, "batch_size": batch, "num_generations": gens,
-              "precision": precision}  # fmt: skip
-    return train_and_save(trainer, spec, base, tok, out, "reinforcement", strategy, chosen, (len(train), len(val)),
-                          (trainable, total), progress, callbacks, log, record, home)  # fmt: skip
+    return reward_function(spec.grader, ask)

@@ -12,7 +12,7 @@ def apply_strategy(model, spec: TrainSpec, strategy: str, freeze_modules: list[s
     """Return the model with exactly the strategy's parameters trainable.
 
     `freeze_modules` overrides the spec's (the defaults rule picks ["mlp"] for small models and data)."""
-    if strategy in ("lora", "qlora"):  # qlora: the same adapters over a 4-bit base (sft.load_4bit)
+    if strategy in ("lora", "qlora"):  # qlora: the same adapters over a 4-bit base (core.load_4bit)
         return _lora(model, spec)
     if strategy == "full":
         for p in model.parameters():
