@@ -345,9 +345,7 @@ def _store_records(store: Store, records, filename: str, purpose: str) -> dict:
     file_id = new_id("file")
     rel = f"files/{file_id}.jsonl"
     write_jsonl(records, store.path(rel))
-    row = store.add(StoredFile(id=file_id, filename=filename, purpose=purpose, bytes=store.path(rel).stat().st_size,
-                               created_at=now(), path=rel))  # fmt: skip
-    return _file_json(row)
+    return _file_json(store.add_file(file_id, rel, filename, purpose))
 
 
 def _example(row: dict, names: dict) -> dict:

@@ -98,9 +98,7 @@ def add_platform_routes(app: FastAPI, store: Store, worker, pool, guard: list, m
             os.replace(tmp, target)  # a crash mid-upload leaves only a .part file, never a half file
         finally:
             tmp.unlink(missing_ok=True)
-        row = store.add(StoredFile(id=file_id, filename=name, purpose=purpose, bytes=size, created_at=now(),
-                                   path=rel))  # fmt: skip
-        return _file_json(row)
+        return _file_json(store.add_file(file_id, rel, name, purpose))
 
     @app.get("/v1/files", dependencies=guard)
     async def list_files(purpose: str | None = None, limit: int = 10000, after: str | None = None,
