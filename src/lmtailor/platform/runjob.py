@@ -102,7 +102,7 @@ def train_spec(store: Store, job: Job, out: Path):
     val = store.get(File, job.validation_file) if job.validation_file else None
     multiplier = auto("learning_rate_multiplier")
     options = dict(job.options or {})
-    more = options.pop("more_training_files", None)  # platform/api.py _mixture: files mixed into the run
+    more = options.pop("more_training_files", None)  # platform/routes/fine_tuning.py _mixture: files mixed in
     data: str | list = str(store.path(train.path))
     if more:  # each file named as it was uploaded (the log, the card, eval_<name>_loss)
         first = {
@@ -273,7 +273,7 @@ def _eval(store: Store, job: Job) -> None:
     from lmtailor.evaluate.spec import EvalSpec
 
     out = job_dir(store, job) / "eval"
-    options = {k: v for k, v in job.options.items() if k != "_names"}  # platform.api.NAMES: for display only
+    options = {k: v for k, v in job.options.items() if k != "_names"}  # routes/jobs.py NAMES: for display
     spec = EvalSpec(**{**options, "output": str(out)})
     store.transition(
         job.id, ACTIVE, status="running", started_at=now(), output=store.rel(job_dir(store, job))
