@@ -36,6 +36,7 @@ browser: system
 
 # The whole suite, end-to-end tests on the real 135M model included (one process: 2 cores, no thread fights).
 test: $(STAMP) system bytecode
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP) system bytecode
@@ -49,6 +50,7 @@ bytecode: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench scripts
 	$(VENV)/bin/ruff format --check src tests bench scripts
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py

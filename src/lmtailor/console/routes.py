@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Literal
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
@@ -24,8 +24,8 @@ from lmtailor.data.summary import summarize, write_jsonl
 from lmtailor.errors import LmtailorError
 from lmtailor.platform.store import Checkpoint, Model, Store, Vote, new_id, now
 from lmtailor.platform.store import File as StoredFile
-from lmtailor.serve.app import _find
 from lmtailor.serve.protocol import ApiError
+from lmtailor.serve.shared import PoolDep, StoreDep, file_json, find_file, find_job, find_model
 
 PREVIEW_ROWS = 20
 MAX_ERRORS = 200
@@ -66,149 +66,167 @@ class VoteBody(BaseModel):
     prompt: str | None = Field(None, max_length=20000)
 
 
-def add_console_routes(app: FastAPI, store: Store, pool, guard: list) -> None:
-    from lmtailor.platform.api import _file, _job, _offered
+router = APIRouter()
 
-    # ---- models ---------------------------------------------------------------------------------------------
+# ---- models ---------------------------------------------------------------------------------------------------
 
-    @app.get("/v1/lmtailor/models", dependencies=guard)
-    async def list_models():
-        """Every model the server offers, with its card: base, data, hyperparameters, metrics, parent."""
-        jobs = {m.name: m for m in store.models()}
-        loaded = set(pool.loaded)
-        cards = [_model_card(store, o, jobs.get(o.id), loaded) for o in pool.offers().values()]
-        return {"object": "list", "data": cards}
 
-    @app.delete("/v1/models/{model_id:path}", dependencies=guard)
-    async def delete_model(model_id: str):
-        """OpenAI's delete of a fine-tuned model: a job's model or checkpoint, or a tuned folder in the home."""
-        offer = _find(pool, model_id)
-        job_model = store.get(Model, model_id)
-        folder = Path(offer.ref)
-        home_models = (store.home / "models").resolve()
-        if job_model is None and not (folder.is_dir() and folder.resolve().parent == home_models):
-            raise ApiError(400, f"{model_id} is not a fine-tuned model of this server: only those can be deleted",
-                           param="model")  # fmt: skip
-        with store.session() as s, s.begin():  # the model and any checkpoint registered inside its folder
-            gone = [m.name for m in s.scalars(select(Model))
-                    if m.name == model_id or _inside(store.path(m.path), folder)]  # fmt: skip
-            s.execute(delete(Checkpoint).where(Checkpoint.model.in_(gone)))
-            s.execute(delete(Model).where(Model.name.in_(gone)))
-        # the folder goes last and by rename first: a crash leaves it registered or gone, never half deleted
-        if folder.is_dir():  # gone already (deleted by hand): the registration is what remained
-            trash = folder.with_name(f".deleted-{folder.name}-{new_id('x')}")
-            folder.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        pool.forget(model_id)
-        return {"id": model_id, "object": "model", "deleted": True}
+@router.get("/v1/lmtailor/models")
+async def list_models(store: StoreDep, pool: PoolDep):
+    """Every model the server offers, with its card: base, data, hyperparameters, metrics, parent."""
+    jobs = {m.name: m for m in store.models()}
+    loaded = set(pool.loaded)
+    cards = [_model_card(store, o, jobs.get(o.id), loaded) for o in pool.offers().values()]
+    return {"object": "list", "data": cards}
 
-    @app.get("/v1/lmtailor/models/{model_id:path}/download", dependencies=guard)
-    async def download_model(model_id: str):
-        """A tuned model folder as a zip (weights, adapter, card, tokenizer; not the checkpoints)."""
-        offer = _find(pool, model_id)
-        folder = Path(offer.ref)
-        if not (folder / "lmtailor.json").is_file() and store.get(Model, model_id) is None:
-            raise ApiError(
-                400, f"{model_id} is not a tuned model: its files are where it came from", param="model"
-            )
-        if not folder.is_dir():
-            raise ApiError(404, f"the files of {model_id} are gone", param="model", code="model_not_found")
-        target = await asyncio.to_thread(_zip, folder, store.home / "cache")
-        name = model_id.replace(":", "_").replace("/", "_") + ".zip"
-        return FileResponse(target, filename=name, media_type="application/zip",
-                            background=BackgroundTask(target.unlink, missing_ok=True))  # fmt: skip
 
-    # ---- data -------------------------------------------------------------------------------------------------
+@router.delete("/v1/models/{model_id:path}")
+async def delete_model(model_id: str, store: StoreDep, pool: PoolDep):
+    """OpenAI's delete of a fine-tuned model: a job's model or checkpoint, or a tuned folder in the home."""
+    offer = find_model(pool, model_id)
+    job_model = store.get(Model, model_id)
+    folder = Path(offer.ref)
+    home_models = (store.home / "models").resolve()
+    if job_model is None and not (folder.is_dir() and folder.resolve().parent == home_models):
+        raise ApiError(400, f"{model_id} is not a fine-tuned model of this server: only those can be deleted",
+                       param="model")  # fmt: skip
+    with store.session() as s, s.begin():  # the model and any checkpoint registered inside its folder
+        gone = [m.name for m in s.scalars(select(Model))
+                if m.name == model_id or _inside(store.path(m.path), folder)]  # fmt: skip
+        s.execute(delete(Checkpoint).where(Checkpoint.model.in_(gone)))
+        s.execute(delete(Model).where(Model.name.in_(gone)))
+    # the folder goes last and by rename first: a crash leaves it registered or gone, never half deleted
+    if folder.is_dir():  # gone already (deleted by hand): the registration is what remained
+        trash = folder.with_name(f".deleted-{folder.name}-{new_id('x')}")
+        folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    pool.forget(model_id)
+    return {"id": model_id, "object": "model", "deleted": True}
 
-    @app.post("/v1/lmtailor/files/{file_id}/inspect", dependencies=guard)
-    async def inspect_file(file_id: str, body: InspectBody):
-        f = _file(store, file_id)
-        ref = _offered(pool, body.model, "model") if body.model else None
-        return await asyncio.to_thread(_user_errors, _inspect, store.path(f.path), f.filename, body.format, ref,
-                                       store.home)  # fmt: skip
 
-    @app.post("/v1/lmtailor/files/{file_id}/clean", dependencies=guard)
-    async def clean_file(file_id: str, body: CleanBody):
-        f = _file(store, file_id)
-        if body.max_tokens and not body.model:
-            raise ApiError(400, "max_tokens needs a model, whose tokenizer counts the tokens", param="model")
-        ref = _offered(pool, body.model, "model") if body.model else None
-        return await asyncio.to_thread(_user_errors, _clean, store, f, body, ref)
+@router.get("/v1/lmtailor/models/{model_id:path}/download")
+async def download_model(model_id: str, store: StoreDep, pool: PoolDep):
+    """A tuned model folder as a zip (weights, adapter, card, tokenizer; not the checkpoints)."""
+    offer = find_model(pool, model_id)
+    folder = Path(offer.ref)
+    if not (folder / "lmtailor.json").is_file() and store.get(Model, model_id) is None:
+        raise ApiError(
+            400, f"{model_id} is not a tuned model: its files are where it came from", param="model"
+        )
+    if not folder.is_dir():
+        raise ApiError(404, f"the files of {model_id} are gone", param="model", code="model_not_found")
+    target = await asyncio.to_thread(_zip, folder, store.home / "cache")
+    name = model_id.replace(":", "_").replace("/", "_") + ".zip"
+    return FileResponse(target, filename=name, media_type="application/zip",
+                        background=BackgroundTask(target.unlink, missing_ok=True))  # fmt: skip
 
-    @app.post("/v1/lmtailor/files/{file_id}/split", dependencies=guard)
-    async def split_file(file_id: str, body: SplitBody):
-        f = _file(store, file_id)
-        return await asyncio.to_thread(_user_errors, _split, store, f, body)
 
-    # ---- training ---------------------------------------------------------------------------------------------
+# ---- data -----------------------------------------------------------------------------------------------------
 
-    @app.get("/v1/lmtailor/schema/train", dependencies=guard)
-    async def train_schema():
-        """TrainSpec's fields with their defaults and descriptions: the train form is built from it."""
-        from lmtailor.specs import TrainSpec
 
-        return TrainSpec.model_json_schema()
+@router.post("/v1/lmtailor/files/{file_id}/inspect")
+async def inspect_file(file_id: str, body: InspectBody, store: StoreDep, pool: PoolDep):
+    f = find_file(store, file_id)
+    ref = find_model(pool, body.model).ref if body.model else None
+    return await asyncio.to_thread(_user_errors, _inspect, store.path(f.path), f.filename, body.format, ref,
+                                   store.home)  # fmt: skip
 
-    @app.post("/v1/lmtailor/estimate", dependencies=guard)
-    async def memory_estimate(body: EstimateBody):
-        from lmtailor.models.catalog import resolve
-        from lmtailor.models.loading import describe
-        from lmtailor.train.memory import estimate
 
-        ref = _offered(pool, body.model, "model")
-        try:
-            info = await asyncio.to_thread(describe, ref, store.home)
-            folder = resolve(ref, store.home).path
-        except LmtailorError as e:
-            raise ApiError(400, str(e), param="model") from e
-        out = estimate(folder, body.strategy, body.batch_size, body.max_length, body.lora_r,
-                       parameters=info.get("parameters"))  # fmt: skip
-        import psutil
+@router.post("/v1/lmtailor/files/{file_id}/clean")
+async def clean_file(file_id: str, body: CleanBody, store: StoreDep, pool: PoolDep):
+    f = find_file(store, file_id)
+    if body.max_tokens and not body.model:
+        raise ApiError(400, "max_tokens needs a model, whose tokenizer counts the tokens", param="model")
+    ref = find_model(pool, body.model).ref if body.model else None
+    return await asyncio.to_thread(_user_errors, _clean, store, f, body, ref)
 
-        return {**out, "machine": psutil.virtual_memory().total}
 
-    # ---- evaluation -----------------------------------------------------------------------------------------
+@router.post("/v1/lmtailor/files/{file_id}/split")
+async def split_file(file_id: str, body: SplitBody, store: StoreDep):
+    f = find_file(store, file_id)
+    return await asyncio.to_thread(_user_errors, _split, store, f, body)
 
-    @app.get("/v1/lmtailor/jobs/{job_id}/predictions", dependencies=guard)
-    async def predictions(job_id: str, limit: int = 500):
-        """An eval job's answers per example, each marked fixed / broken / same against the first model."""
-        job = _job(store, job_id)
-        path = store.home / "jobs" / job.id / "eval" / "predictions.jsonl"
-        if job.kind != "eval" or not path.is_file():
-            raise ApiError(404, f"{job_id} has no answers (yet)", param="job_id")
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        names = (job.options or {}).get("_names") or {}
-        return {"object": "list", "data": [_example(r, names) for r in rows[:limit]], "total": len(rows)}
 
-    # ---- arena -----------------------------------------------------------------------------------------------
+# ---- training -------------------------------------------------------------------------------------------------
 
-    @app.post("/v1/lmtailor/arena/votes", dependencies=guard)
-    async def vote(body: VoteBody):
-        for m in (body.model_a, body.model_b):
-            _find(pool, m)
-        if body.model_a == body.model_b:
-            raise ApiError(400, "the two models of a vote must differ", param="model_b")
-        store.add(Vote(id=new_id("vote"), created_at=now(), **body.model_dump()))
-        return await tally()
 
-    @app.get("/v1/lmtailor/arena/tally", dependencies=guard)
-    async def tally():
-        """Per model pair (in name order): wins of each, ties and both-bad."""
-        with store.session() as s:
-            rows = s.execute(select(Vote.model_a, Vote.model_b, Vote.winner, func.count()).group_by(
-                Vote.model_a, Vote.model_b, Vote.winner)).all()  # fmt: skip
-        pairs: dict[tuple[str, str], dict] = {}
-        for a, b, winner, n in rows:
-            first, second = sorted((a, b))
-            entry = pairs.setdefault((first, second), {"model_a": first, "model_b": second, "wins_a": 0,
-                                                       "wins_b": 0, "ties": 0, "both_bad": 0, "votes": 0})  # fmt: skip
-            if winner in ("a", "b"):
-                won = a if winner == "a" else b
-                entry["wins_a" if won == first else "wins_b"] += n
-            else:
-                entry["ties" if winner == "tie" else "both_bad"] += n
-            entry["votes"] += n
-        return {"object": "list", "data": sorted(pairs.values(), key=lambda e: -e["votes"])}
+@router.get("/v1/lmtailor/schema/train")
+async def train_schema():
+    """TrainSpec's fields with their defaults and descriptions: the train form is built from it."""
+    from lmtailor.specs import TrainSpec
+
+    return TrainSpec.model_json_schema()
+
+
+@router.post("/v1/lmtailor/estimate")
+async def memory_estimate(body: EstimateBody, store: StoreDep, pool: PoolDep):
+    import psutil
+
+    from lmtailor.models.catalog import resolve
+    from lmtailor.models.loading import describe
+    from lmtailor.train.memory import estimate
+
+    ref = find_model(pool, body.model).ref
+    try:
+        info = await asyncio.to_thread(describe, ref, store.home)
+        folder = resolve(ref, store.home).path
+    except LmtailorError as e:
+        raise ApiError(400, str(e), param="model") from e
+    out = estimate(folder, body.strategy, body.batch_size, body.max_length, body.lora_r,
+                   parameters=info.get("parameters"))  # fmt: skip
+    return {**out, "machine": psutil.virtual_memory().total}
+
+
+# ---- evaluation -----------------------------------------------------------------------------------------------
+
+
+@router.get("/v1/lmtailor/jobs/{job_id}/predictions")
+async def predictions(job_id: str, store: StoreDep, limit: int = 500):
+    """An eval job's answers per example, each marked fixed / broken / same against the first model."""
+    job = find_job(store, job_id)
+    path = store.home / "jobs" / job.id / "eval" / "predictions.jsonl"
+    if job.kind != "eval" or not path.is_file():
+        raise ApiError(404, f"{job_id} has no answers (yet)", param="job_id")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = (job.options or {}).get("_names") or {}
+    return {"object": "list", "data": [_example(r, names) for r in rows[:limit]], "total": len(rows)}
+
+
+# ---- arena ----------------------------------------------------------------------------------------------------
+
+
+@router.post("/v1/lmtailor/arena/votes")
+async def vote(body: VoteBody, store: StoreDep, pool: PoolDep):
+    for m in (body.model_a, body.model_b):
+        find_model(pool, m)
+    if body.model_a == body.model_b:
+        raise ApiError(400, "the two models of a vote must differ", param="model_b")
+    store.add(Vote(id=new_id("vote"), created_at=now(), **body.model_dump()))
+    return _tally(store)
+
+
+@router.get("/v1/lmtailor/arena/tally")
+async def tally(store: StoreDep):
+    """Per model pair (in name order): wins of each, ties and both-bad."""
+    return _tally(store)
+
+
+def _tally(store: Store) -> dict:
+    with store.session() as s:
+        rows = s.execute(select(Vote.model_a, Vote.model_b, Vote.winner, func.count()).group_by(
+            Vote.model_a, Vote.model_b, Vote.winner)).all()  # fmt: skip
+    pairs: dict[tuple[str, str], dict] = {}
+    for a, b, winner, n in rows:
+        first, second = sorted((a, b))
+        entry = pairs.setdefault((first, second), {"model_a": first, "model_b": second, "wins_a": 0,
+                                                   "wins_b": 0, "ties": 0, "both_bad": 0, "votes": 0})  # fmt: skip
+        if winner in ("a", "b"):
+            won = a if winner == "a" else b
+            entry["wins_a" if won == first else "wins_b"] += n
+        else:
+            entry["ties" if winner == "tie" else "both_bad"] += n
+        entry["votes"] += n
+    return {"object": "list", "data": sorted(pairs.values(), key=lambda e: -e["votes"])}
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -340,14 +358,10 @@ def _split(store: Store, f: StoredFile, body: SplitBody) -> dict:
 
 
 def _store_records(store: Store, records, filename: str, purpose: str) -> dict:
-    from lmtailor.platform.api import _file_json
-
     file_id = new_id("file")
     rel = f"files/{file_id}.jsonl"
     write_jsonl(records, store.path(rel))
-    row = store.add(StoredFile(id=file_id, filename=filename, purpose=purpose, bytes=store.path(rel).stat().st_size,
-                               created_at=now(), path=rel))  # fmt: skip
-    return _file_json(row)
+    return file_json(store.add_file(file_id, rel, filename, purpose))
 
 
 def _example(row: dict, names: dict) -> dict:

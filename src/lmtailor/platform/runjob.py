@@ -102,7 +102,7 @@ def train_spec(store: Store, job: Job, out: Path):
     val = store.get(File, job.validation_file) if job.validation_file else None
     multiplier = auto("learning_rate_multiplier")
     options = dict(job.options or {})
-    more = options.pop("more_training_files", None)  # platform/api.py _mixture: files mixed into the run
+    more = options.pop("more_training_files", None)  # platform/routes/fine_tuning.py _mixture: files mixed in
     data: str | list = str(store.path(train.path))
     if more:  # each file named as it was uploaded (the log, the card, eval_<name>_loss)
         first = {
@@ -259,14 +259,12 @@ def _results_file(store: Store, job: Job, out: Path) -> str:
     for r in rows:
         writer.writerow({"step": r.get("step"), "train_loss": r.get("loss"), "learning_rate": r.get("learning_rate"),
                          "valid_loss": r.get("eval_loss"), "epoch": r.get("epoch")})  # fmt: skip
-    data = buf.getvalue().encode()
     file_id = new_id("file")
     rel = f"files/{file_id}.csv"
     from lmtailor.home import atomic_write_text
 
-    atomic_write_text(store.path(rel), data.decode())
-    store.add(File(id=file_id, filename="step_metrics.csv", purpose="fine-tune-results", bytes=len(data),
-                   created_at=now(), path=rel))  # fmt: skip
+    atomic_write_text(store.path(rel), buf.getvalue())
+    store.add_file(file_id, rel, "step_metrics.csv", "fine-tune-results")
     return file_id
 
 
@@ -275,7 +273,7 @@ def _eval(store: Store, job: Job) -> None:
     from lmtailor.evaluate.spec import EvalSpec
 
     out = job_dir(store, job) / "eval"
-    options = {k: v for k, v in job.options.items() if k != "_names"}  # platform.api.NAMES: for display only
+    options = {k: v for k, v in job.options.items() if k != "_names"}  # routes/jobs.py NAMES: for display
     spec = EvalSpec(**{**options, "output": str(out)})
     store.transition(
         job.id, ACTIVE, status="running", started_at=now(), output=store.rel(job_dir(store, job))
@@ -344,8 +342,7 @@ def _synth(store: Store, job: Job) -> None:
         else:
             text = src.read_text(encoding="utf-8")
         atomic_write_text(store.path(rel), text)
-        store.add(File(id=file_id, filename=filename, purpose=purpose, bytes=len(text.encode()),
-                       created_at=now(), path=rel))  # fmt: skip
+        store.add_file(file_id, rel, filename, purpose)
         files.append(file_id)
     summary = {
         k: report[k]

@@ -190,6 +190,12 @@ class Store:
                 s.add(obj)
         return obj
 
+    def add_file(self, file_id: str, rel: str, filename: str, purpose: str) -> File:
+        """The row of a file already written at `rel` in the home (an upload, a cleaned or split data set, a
+        job's result file), its size read from the disk."""
+        return self.add(File(id=file_id, filename=filename, purpose=purpose, bytes=self.path(rel).stat().st_size,
+                             created_at=now(), path=rel))  # fmt: skip
+
     def update_job(self, job_id: str, **values) -> Job:
         with self.session() as s, s.begin():
             job = s.get(Job, job_id)
