@@ -102,7 +102,7 @@ def train_spec(store: Store, job: Job, out: Path):
     val = store.get(File, job.validation_file) if job.validation_file else None
     multiplier = auto("learning_rate_multiplier")
     options = dict(job.options or {})
-    more = options.pop("more_training_files", None)  # platform/routes/fine_tuning.py _mixture: files mixed in
+    more = options.pop("more_training_files", None)  # serve/routes/fine_tuning.py _mixture: files mixed in
     data: str | list = str(store.path(train.path))
     if more:  # each file named as it was uploaded (the log, the card, eval_<name>_loss)
         first = {

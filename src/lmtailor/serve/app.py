@@ -1,9 +1,9 @@
 """The server's app: the API's routers, its error handlers and body limit, /health, and the web console.
 
-Each resource is a router with its own module: models and generation (serve/routes.py), files, fine-tuning and
-lmtailor's own jobs (platform/routes/), graders (graders/routes.py) and what the console needs beyond OpenAI's
-API (console/routes.py). What they share (the app's parts as dependencies, the API key, errors, pages, rows) is
-serve/shared.py. The web console (src/lmtailor/console) is served at / by the same app, as a client of this API.
+Each resource is a router with its own module in serve/routes/: models and generation (models.py), files,
+fine-tuning and lmtailor's own jobs (files.py, fine_tuning.py, jobs.py), graders (graders.py) and what the console
+needs beyond OpenAI's API (console.py). What they share (the app's parts as dependencies, the API key, errors,
+pages, rows) is serve/shared.py. The web console (src/lmtailor/console) is served at / by the same app, as a client of this API.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from lmtailor.console import routes as console
-from lmtailor.graders import routes as graders
-from lmtailor.platform.routes import files, fine_tuning, jobs
-from lmtailor.serve import routes as generation
+from lmtailor.serve.metrics import Metrics
 from lmtailor.serve.pool import ModelPool
 from lmtailor.serve.protocol import ApiError
+from lmtailor.serve.routes import console, files, fine_tuning, graders, jobs
+from lmtailor.serve.routes import models as generation
 from lmtailor.serve.shared import GUARD, Parts, PoolDep, invalid
 
 MAX_BODY = 8 * 2**20  # bytes of a request body
@@ -44,7 +43,7 @@ def create_app(pool: ModelPool, api_key: str | None = None, timeout: float = 600
         await asyncio.to_thread(pool.close)
 
     app = FastAPI(title="lmtailor", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
-    app.state.parts = Parts(pool=pool, metrics=generation.Metrics(pool), store=store, worker=worker,
+    app.state.parts = Parts(pool=pool, metrics=Metrics(pool), store=store, worker=worker,
                             api_key=api_key, timeout=timeout, max_upload=max_upload)  # fmt: skip
     add_error_handlers(app)
     app.add_middleware(BodyLimit, limit=max_body, uploads=max_upload)

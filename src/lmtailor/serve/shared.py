@@ -21,7 +21,7 @@ from lmtailor.serve.pool import ModelNotFound, ModelPool
 from lmtailor.serve.protocol import ApiError
 
 if TYPE_CHECKING:
-    from lmtailor.serve.routes import Metrics
+    from lmtailor.serve.metrics import Metrics
 
 # ---- the app's parts ------------------------------------------------------------------------------------------
 

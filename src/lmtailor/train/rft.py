@@ -124,7 +124,7 @@ def rows(items: list[dict]) -> list[dict]:
 def _reward(spec: TrainSpec):
     """The grader as a reward function; a score_model or label_model grader asks the model at
     LMTAILOR_GRADER_BASE_URL (default: a local lmtailor serve)."""
-    from lmtailor.graders.routes import make_ask
+    from lmtailor.graders.ask import make_ask
 
     ask = make_ask(os.environ.get("LMTAILOR_GRADER_BASE_URL", "http://127.0.0.1:8000/v1"),
                    os.environ.get("LMTAILOR_API_KEY"))  # fmt: skip

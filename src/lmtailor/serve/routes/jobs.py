@@ -182,7 +182,7 @@ def _documents(store: Store, docs) -> tuple[dict[str, str], list[str]]:
 def _loadable(pool: ModelPool, name, param: str) -> str:
     """A model name as the job process can load it: an `openai:` endpoint as given, a name this server offers
     (tuned folders, ft: models) as the folder or reference it loads."""
-    from lmtailor.evaluate.runner import parse_endpoint
+    from lmtailor.models.endpoint import parse_endpoint
 
     if not isinstance(name, str):
         raise ApiError(400, f"{param}: a model name", param=param)

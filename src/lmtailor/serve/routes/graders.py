@@ -8,40 +8,12 @@ the key in $LMTAILOR_ENDPOINT_API_KEY.
 from __future__ import annotations
 
 import asyncio
-import os
 
 from fastapi import APIRouter, Request
 
+from lmtailor.graders.ask import make_ask
 from lmtailor.graders.core import check, grade, sample_namespace
 from lmtailor.serve.protocol import ApiError
-
-
-def make_ask(base_url: str, api_key: str | None):
-    """ask(model, messages, sampling_params) -> (text, tokens), through an OpenAI-compatible chat endpoint."""
-
-    def ask(model: str, messages: list[dict], params: dict) -> tuple[str, int]:
-        import openai
-
-        from lmtailor.evaluate.runner import parse_endpoint
-
-        endpoint = parse_endpoint(model)
-        url, key, name = base_url, api_key, model
-        if endpoint is not None:
-            url, key, name = (
-                endpoint.base_url or base_url,
-                os.environ.get("LMTAILOR_ENDPOINT_API_KEY"),
-                endpoint.model,
-            )
-        client = openai.OpenAI(base_url=url, api_key=key or "none", max_retries=1, timeout=120)
-        kw = {k: params[k] for k in ("temperature", "top_p", "seed") if params.get(k) is not None}
-        if params.get("max_completions_tokens"):
-            kw["max_tokens"] = params["max_completions_tokens"]
-        reply = client.chat.completions.create(model=name, messages=messages, **{"temperature": 0, **kw})
-        usage = reply.usage.total_tokens if reply.usage else 0
-        return reply.choices[0].message.content or "", usage
-
-    return ask
-
 
 router = APIRouter()
 
