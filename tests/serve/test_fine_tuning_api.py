@@ -196,6 +196,12 @@ def test_requests_the_jobs_api_refuses(platform, lively_llama_dir, tmp_path):
         client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id,
                                        extra_body={"lmtailor": {"lora_rank": 8}})  # fmt: skip
     assert e.value.body["param"] == "lmtailor.lora_rank"
+    # an option its method cannot use: refused now, not a job that fails when it starts
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id, method={"type": "dpo"},
+                                       extra_body={"lmtailor": {"eval_metrics": ["contains"]}})  # fmt: skip
+    said = e.value.body
+    assert said["param"] == "lmtailor" and "method dpo: eval_metrics is for sft" in said["message"]
     with pytest.raises(openai.APIStatusError) as e:
         client.files.create(file=("big.jsonl", b"x" * 1_100_000), purpose="fine-tune")
     assert e.value.status_code == 413

@@ -1,7 +1,7 @@
 """Metric `judge`: a judge model scores each answer 1-5 against the reference by a rubric.
 
     prompts  = [judge_prompt(rubric, row, answer)]       one user message per (model, row)
-    replies  = runner.answer_prompts(judge_model, …)     greedy, JUDGE_MAX_TOKENS, cached like generations
+    replies  = answers.answer_prompts(judge_model, …)    greedy, JUDGE_MAX_TOKENS, cached like generations
     verdicts = [parse_reply(reply)]                      a score 1-5 (or None) and the judge's reason
     score    = judge_score(verdicts)                     mean of (s - 1) / 4 over the parsed replies
 

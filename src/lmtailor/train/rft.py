@@ -97,7 +97,7 @@ def run(spec: TrainSpec, home=None, progress: bool = True, log: Callable[[str], 
         f"{gens} answers a prompt, lr {lr:g}")  # fmt: skip
     args = core.training_args(
         GRPOConfig, run, learning_rate=lr, epochs=epochs, per_device=batch,
-        steps_per_epoch=max(1, -(-len(train) * gens // batch)), has_val=bool(val), logging_steps=1,
+        steps_per_epoch=max(1, -(-len(train) * gens // (batch * spec.grad_accum))), has_val=bool(val), logging_steps=1,
         num_generations=gens, max_completion_length=spec.max_completion_length, temperature=1.0, beta=0.0,
         eval_on_start=bool(val),  # the validation reward before any step: the baseline the run is measured against
     )  # fmt: skip

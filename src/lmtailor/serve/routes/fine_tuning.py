@@ -85,7 +85,7 @@ async def create_job(body: JobCreate, store: StoreDep, pool: PoolDep, worker: Wo
     if mixture and kind != "supervised":
         raise ApiError(400, f"lmtailor.more_training_files: several training files are mixed for method "
                        f"supervised only, not {kind}", param="lmtailor.more_training_files")  # fmt: skip
-    options = {**_options(extra), **mixture, **method_options}
+    options = {**_options(extra, method_options), **mixture, **method_options}
     job = Job(id=new_id("ftjob"), kind="fine_tune", status="queued", model=body.model, base_ref=base_ref,
               training_file=body.training_file, validation_file=body.validation_file,
               method={"type": kind, kind: {"hyperparameters": hp}}, hyperparameters=hp, options=options,
@@ -281,8 +281,9 @@ def _mixture(store: Store, training_file: str, extra: dict) -> dict:
     return {"more_training_files": items, "training_file_weight": weight}
 
 
-def _options(extra: dict) -> dict:
-    """lmtailor's own TrainSpec keys, checked now so a typo is a 400 naming it, not a failed job later."""
+def _options(extra: dict, method_options: dict) -> dict:
+    """lmtailor's own TrainSpec keys, checked now, with the method's (an option the method cannot use is refused
+    by the spec), so a typo is a 400 naming it, not a failed job later."""
     from lmtailor.specs import TrainSpec
 
     reserved = {"model", "data", "val_data", "output", "resume", "keep_checkpoints", "name"}
@@ -297,7 +298,7 @@ def _options(extra: dict) -> dict:
                             "several machines: `lmtailor train --nodes` on each (docs/scaling.md)",
                        param=f"lmtailor.{local[0]}")  # fmt: skip
     try:
-        spec = TrainSpec(**{"model": "x", "data": "x", **extra})
+        spec = TrainSpec(**{"model": "x", "data": "x", **extra, **method_options})
     except ValidationError as e:
         raise invalid(e, "lmtailor") from e
     if spec.devices > 1:  # a 400 now rather than a job that fails when it starts
