@@ -10,8 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lmtailor.cli.support import use_given_threads, user_errors
+from lmtailor.cli.support import user_errors
 from lmtailor.errors import DataError, LmtailorError
+from lmtailor.models.loading import use_given_threads
 from lmtailor.terminal import err, out
 
 data_app = typer.Typer(

@@ -9,7 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lmtailor.cli.support import use_given_threads, user_errors
+from lmtailor.cli.support import user_errors
+from lmtailor.models.loading import use_given_threads
 
 
 def _split(value: str | None) -> list[str] | None:

@@ -12,7 +12,8 @@ from rich.table import Table
 from lmtailor.cli.data import data_app
 from lmtailor.cli.evaluate import eval_command
 from lmtailor.cli.jobs import jobs_app
-from lmtailor.cli.support import use_given_threads, user_errors
+from lmtailor.cli.support import user_errors
+from lmtailor.models.loading import use_given_threads
 from lmtailor.terminal import out, print_table
 
 app = typer.Typer(

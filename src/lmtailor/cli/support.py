@@ -1,4 +1,5 @@
-"""What every command of the `lmtailor` CLI shares: errors as one line, and the cores it was given.
+"""What every command of the `lmtailor` CLI shares: errors as one line (the cores a command was given:
+models/loading.use_given_threads, which job processes and training ranks call too).
 
 main.py, data.py and evaluate.py import this module and never each other's helpers (main.py imports their
 commands to mount them), so the imports point one way.
@@ -6,7 +7,6 @@ commands to mount them), so the imports point one way.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,11 +30,3 @@ def user_errors(debug: bool = False) -> Iterator[None]:
     except KeyboardInterrupt:
         err().print("[yellow]interrupted[/yellow]")
         raise typer.Exit(130) from None
-
-
-def use_given_threads() -> None:
-    """Heavy commands use the cores they are given; two processes fighting over OpenMP threads crawl."""
-    if "OMP_NUM_THREADS" in os.environ:
-        import torch
-
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))

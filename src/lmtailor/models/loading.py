@@ -9,6 +9,18 @@ from typing import Any
 from lmtailor.errors import ModelError
 from lmtailor.models.catalog import ResolvedModel, resolve
 
+
+def use_given_threads() -> None:
+    """Torch uses the cores this process was given (OMP_NUM_THREADS): two processes fighting over OpenMP threads
+    crawl. Called by heavy CLI commands, job processes and training ranks."""
+    import os
+
+    if "OMP_NUM_THREADS" in os.environ:
+        import torch
+
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+
+
 # Used only when a model ships no chat template of its own.
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "

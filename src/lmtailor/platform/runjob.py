@@ -503,10 +503,9 @@ def main() -> None:
     ap.add_argument("--db")
     args = ap.parse_args()
     _die_with_parent()
-    if "OMP_NUM_THREADS" in os.environ:
-        import torch
+    from lmtailor.models.loading import use_given_threads
 
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    use_given_threads()
     run(Store(args.home, args.db), args.job_id)
 
 

@@ -224,14 +224,14 @@ def _worker(argv: list[str]) -> None:
         import torch
         from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
+        from lmtailor.models.loading import use_given_threads
         from lmtailor.train.core import is_rank0
 
         # this file runs as __main__ in the ranks: the Paused the job's callbacks raise is the module's one
         from lmtailor.train.launch import Paused as JobPaused
         from lmtailor.train.sft import run_sft
 
-        if "OMP_NUM_THREADS" in os.environ:
-            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        use_given_threads()
         if torch.cuda.is_available():  # "cuda" is this rank's GPU from here on, not GPU 0 for every rank
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         spec = TrainSpec(**json.loads(Path(ns.spec).read_text(encoding="utf-8")))
