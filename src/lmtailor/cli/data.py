@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lmtailor.cli.support import user_errors
+from lmtailor.data.ops import CLEAN_ON_ERROR, SPLIT_ON_ERROR
 from lmtailor.errors import DataError, LmtailorError
 from lmtailor.models.loading import use_given_threads
 from lmtailor.terminal import err, out
@@ -48,14 +49,12 @@ def inspect_cmd(file: FileArg, fmt: FormatOpt = "auto", model: ModelOpt = None, 
 
     Example: lmtailor data inspect train.jsonl --model smollm2-135m-instruct
     """
-    from lmtailor.data.formats import load_records
-    from lmtailor.data.summary import summarize
+    from lmtailor.data.ops import inspect_file
 
     with user_errors():
-        result = load_records(file, fmt, on_error="skip")
-        summary = summarize(result.records, _tokenizer(model, home), result.formats)
-    _print_summary(file, summary, len(result.errors))
-    _print_errors(result.errors, "bad rows")
+        seen = inspect_file(file, fmt, _tokenizer(model, home))
+    _print_summary(file, seen.summary, len(seen.loaded.errors))
+    _print_errors(seen.loaded.errors, "bad rows")
 
 
 @data_app.command("validate")
@@ -115,34 +114,24 @@ def clean_cmd(
         bool,
         typer.Option("--mask-pii", help="Replace e-mail addresses and phone numbers with <EMAIL>/<PHONE>."),
     ] = False,
-    on_error: OnErrorOpt = "skip",
+    on_error: OnErrorOpt = CLEAN_ON_ERROR,
     home: HomeOpt = None,
 ) -> None:
     """Clean a data file into chat JSONL: trim, drop empty, duplicate, near-duplicate and over-long rows.
 
     Example: lmtailor data clean raw.jsonl --output clean.jsonl --mask-pii
     """
-    from lmtailor.data.clean import clean_records
-    from lmtailor.data.formats import load_records
+    from lmtailor.data.ops import clean_file
     from lmtailor.data.summary import write_jsonl
 
     with user_errors():
         if max_tokens is not None and model is None:
             raise LmtailorError("--max-tokens needs --model (its tokenizer counts the tokens)")
-        result = load_records(file, fmt, on_error=on_error)  # type: ignore[arg-type]
-        kept, report = clean_records(
-            result.records,
-            dedup=dedup,
-            near_dup_threshold=near_dup_threshold,
-            max_tokens=max_tokens,
-            tokenizer=_tokenizer(model, home),
-            mask_pii=mask_pii,
-        )
-        if not kept:
-            raise LmtailorError(f"no rows left after cleaning {file}; nothing written")
-        write_jsonl(kept, output)
-    _print_errors(result.errors, "skipped invalid rows")
-    _print_report({"input": report.pop("input"), "invalid": len(result.errors), **report}, output)
+        cleaned = clean_file(file, fmt, on_error, tokenizer=_tokenizer(model, home), dedup=dedup,  # type: ignore[arg-type]
+                             near_dup_threshold=near_dup_threshold, max_tokens=max_tokens, mask_pii=mask_pii)  # fmt: skip
+        write_jsonl(cleaned.kept, output)
+    _print_errors(cleaned.loaded.errors, "skipped invalid rows")
+    _print_report(cleaned.report, output)
 
 
 @data_app.command("split")
@@ -156,28 +145,24 @@ def split_cmd(
         int, typer.Option("--seed", help="Shuffle seed; the same seed gives the same split.")
     ] = 0,
     fmt: FormatOpt = "auto",
-    on_error: OnErrorOpt = "fail",
+    on_error: OnErrorOpt = SPLIT_ON_ERROR,
     home: HomeOpt = None,
 ) -> None:
     """Split a data file into train.jsonl, val.jsonl and test.jsonl (chat JSONL) in a folder.
 
     Example: lmtailor data split clean.jsonl --output-dir splits --ratios 0.8,0.1,0.1 --seed 0
     """
-    from lmtailor.data.formats import load_records
-    from lmtailor.data.split import SPLIT_NAMES, check_ratios, split_records
+    from lmtailor.data.ops import split_file
     from lmtailor.data.summary import write_jsonl
 
     with user_errors():
-        values = check_ratios(_parse_ratios(ratios))
-        result = load_records(file, fmt, on_error=on_error)  # type: ignore[arg-type]
-        splits = split_records(result.records, values, seed)
+        loaded, parts = split_file(file, _parse_ratios(ratios), seed, fmt, on_error)  # type: ignore[arg-type]
         table = Table("split", "rows", "file")
-        for name, ratio in zip(SPLIT_NAMES, values, strict=False):
-            if ratio > 0:
-                path = output_dir / f"{name}.jsonl"
-                write_jsonl(splits[name], path)
-                table.add_row(name, str(len(splits[name])), str(path))
-    _print_errors(result.errors, "skipped invalid rows")
+        for name, (_, rows) in parts.items():
+            path = output_dir / f"{name}.jsonl"
+            write_jsonl(rows, path)
+            table.add_row(name, str(len(rows)), str(path))
+    _print_errors(loaded.errors, "skipped invalid rows")
     out().print(table)
 
 
