@@ -150,6 +150,15 @@ def test_bad_training_file_fails_the_job_naming_its_lines(platform, lively_llama
     assert (
         f"{f.id} (bad.jsonl):2:" in failed.error.message and f"{f.id} (bad.jsonl):4:" in failed.error.message
     )
+    # the same file with lmtailor's on_error "skip" trains on its good rows, as `lmtailor train --on-error skip`
+    job = client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id, method={"type": "supervised",
+                                         "supervised": {"hyperparameters": {"n_epochs": 1}}},
+                                         extra_body={"lmtailor": {"on_error": "skip", "replay_ratio": 0,
+                                                                  "retention": False, "strategy": "lora"}})  # fmt: skip
+    done = wait_for(client, job.id, ("failed", "succeeded"))
+    assert done.status == "succeeded", done.error
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert "Files validated: 2 training rows" in messages
 
 
 def _gpus() -> int:

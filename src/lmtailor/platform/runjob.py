@@ -146,7 +146,6 @@ def _stored_path(store: Store, file_id: str) -> str:
 
 def _fine_tune(store: Store, job: Job) -> None:
     from lmtailor.data.formats import load_records
-    from lmtailor.train.sft import run_sft
 
     store.log(job.id, "Validating training file: " + job.training_file)
     out = job_dir(store, job) / "model"
@@ -165,10 +164,11 @@ def _fine_tune(store: Store, job: Job) -> None:
             load_prompts(spec.val_data)
     else:  # each file of a mixture (lmtailor.more_training_files) as the training file
         n_rows = sum(
-            len(load_records(s.path, spec.format, on_error="fail").records) for s in spec.data_sources()
+            len(load_records(s.path, spec.format, on_error=spec.on_error).records)
+            for s in spec.data_sources()
         )
         if spec.val_data:
-            load_records(spec.val_data, spec.format, on_error="fail")
+            load_records(spec.val_data, spec.format, on_error=spec.on_error)
     store.log(job.id, f"Files validated: {n_rows} training rows")
     store.transition(
         job.id,
@@ -185,21 +185,21 @@ def _fine_tune(store: Store, job: Job) -> None:
     )
     name = fine_tuned_name(job)
     from lmtailor.models.catalog import resolve
+    from lmtailor.train.callbacks import last_loss
+    from lmtailor.train.launch import train as launch_train
 
-    if spec.devices > 1:  # the ranks are new processes: rank 0 makes the job's callback itself
-        from lmtailor.train.launch import train as launch_train
-
+    callbacks = None  # several processes: rank 0 makes the job's callback itself (rank_callbacks)
+    if spec.devices > 1:
         os.environ.update(LMTAILOR_JOB=job.id, LMTAILOR_JOB_HOME=str(store.home), LMTAILOR_JOB_DB=store.url,
                           LMTAILOR_RANK_CALLBACKS="lmtailor.platform.runjob:rank_callbacks")  # fmt: skip
         spec = spec.model_copy(update={"master_port": _free_port()})  # jobs side by side must not share one
-        launch_train(spec, home=store.home, log=lambda line: store.log(job.id, line), progress=False)
-        last_loss = _last_loss(out)
     else:
-        callback = JobCallback(store, job.id, name, out, str(resolve(spec.model, store.home).path))
-        run_sft(spec, home=store.home, progress=False, log=lambda line: None, callbacks=[callback])
-        last_loss = callback.last_loss
+        callbacks = [JobCallback(store, job.id, name, out, str(resolve(spec.model, store.home).path))]
+    # one path for one process and many: the run's own lines (replay, retention, what was chosen) are events
+    launch_train(spec, home=store.home, log=lambda line: store.log(job.id, line), progress=False,
+                 callbacks=callbacks)  # fmt: skip
     card = json.loads((out / "lmtailor.json").read_text(encoding="utf-8"))
-    _register(store, name, job.id, out, card, last_loss)
+    _register(store, name, job.id, out, card, last_loss(out))
     results = _results_file(store, job, out)
     kept = card["metrics"].get("retention")
     if kept:  # before the job turns succeeded: a client that sees it succeed finds what it cost
@@ -219,13 +219,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _last_loss(out: Path) -> float | None:
-    from lmtailor.train.callbacks import read_metrics
-
-    losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
-    return losses[-1] if losses else None
 
 
 def _has_checkpoint(out: Path) -> bool:

@@ -144,6 +144,12 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+def last_loss(folder: Path) -> float | None:
+    """The last training loss a run logged (its metrics.jsonl), None before its first."""
+    losses = [r["loss"] for r in read_metrics(Path(folder) / "metrics.jsonl") if "loss" in r]
+    return losses[-1] if losses else None
+
+
 def plot_loss(metrics_path: Path, png: Path, title: str = "loss") -> Path | None:
     """Train and validation loss against steps, written atomically to `png`."""
     import matplotlib
