@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = (
     Path(os.environ.get("LMTAILOR_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts")) / "console"
 )
@@ -48,29 +47,8 @@ def console(lively_llama_dir, lively_qwen2_dir, tmp_path_factory, server_class):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-quic",
-                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                              "--disable-sync"])  # fmt: skip
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="module")
-def page(browser, console):
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US")
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    page.goto(console.url + "/#models")
-    yield page
-    context.close()
+def page(open_page, console):
+    return open_page(console.url + "/#models")
 
 
 def shot(page, name: str) -> None:
@@ -142,9 +120,12 @@ def test_hostile_names_and_rows_are_shown_as_text_and_run_nothing(page, tmp_path
     page.reload()
 
 
-def test_training_shows_a_growing_curve_then_the_tuned_model(page, console, tmp_path, lively_llama_dir):
+@pytest.fixture(scope="module")
+def tuned(page, console, tmp_path_factory, lively_llama_dir) -> dict:
+    """One fine-tuning job started from the Train page, watched on it to the end: its model, and what the page
+    showed on the way. The tests that need a tuned model take this fixture, whatever order they run in."""
     client = console.client()
-    data = tmp_path / "train.jsonl"
+    data = tmp_path_factory.mktemp("console-train") / "train.jsonl"
     data.write_text(chat_lines(ROWS * 4), encoding="utf-8")
     uploaded = client.files.create(file=open(data, "rb"), purpose="fine-tune")
     page.goto(page.url.split("#")[0] + "#train")
@@ -165,20 +146,25 @@ def test_training_shows_a_growing_curve_then_the_tuned_model(page, console, tmp_
     page.wait_for_function(
         f"document.querySelectorAll('#mon-chart circle.pt').length > {first}", timeout=LONG
     )
-    assert "step" in page.inner_text("#mon-status")
+    seen = {"status_while_running": page.inner_text("#mon-status")}
     page.locator("#mon-chart circle.pt[data-series=valid]").first.wait_for(timeout=LONG)
     shot(page, "train")
     page.locator("#mon-status.succeeded").wait_for(timeout=LONG * 6)
-    model = client.fine_tuning.jobs.list().data[0].fine_tuned_model
-    assert model.startswith(f"ft:{lively_llama_dir.name}:console:")
-    assert model in page.inner_text("#mon-status")
+    job = next(j for j in client.fine_tuning.jobs.list().data if j.training_file == uploaded.id)
+    return {**seen, "model": job.fine_tuned_model, "status_at_end": page.inner_text("#mon-status")}
 
 
-def test_chat_streams_from_the_tuned_model(page):
+def test_training_shows_a_growing_curve_then_the_tuned_model(tuned, lively_llama_dir):
+    # the fixture waited for the curve to grow and for a validation point: here what the page said
+    assert "step" in tuned["status_while_running"]
+    assert tuned["model"].startswith(f"ft:{lively_llama_dir.name}:console:")
+    assert tuned["model"] in tuned["status_at_end"]
+
+
+def test_chat_streams_from_the_tuned_model(page, tuned):
     page.goto(page.url.split("#")[0] + "#chat")
-    tuned = page.eval_on_selector_all("#chat-model option", "os => os.map(o => o.value)")
-    tuned = next(m for m in tuned if m.startswith("ft:") and ":ckpt-step-" not in m)
-    page.select_option("#chat-model", tuned)
+    page.locator(f"#chat-model option[value='{tuned['model']}']").wait_for(state="attached")
+    page.select_option("#chat-model", tuned["model"])
     page.fill("#chat-system", "You answer briefly.")
     page.fill("#chat-temperature", "0")
     page.fill("#chat-max", "12")
@@ -248,7 +234,7 @@ def test_evaluation_table_chart_and_examples(page, console, tmp_path, lively_lla
     shot(page, "evaluate")
 
 
-def test_models_jobs_and_errors_in_words(page, console, lively_llama_dir):
+def test_models_jobs_and_errors_in_words(page, console, tuned, lively_llama_dir):
     page.goto(page.url.split("#")[0] + "#models")
     rows = page.locator("#models-table tbody tr", has_text=":console:")
     rows.first.wait_for()
@@ -304,15 +290,14 @@ def test_a_job_whose_process_kept_dying_offers_resume(page, console, lively_llam
     assert console.store.get(Job, died).status == "failed"  # nothing to resume from: left as it was
 
 
-def test_evaluation_shows_what_tuning_cost(page, console, tmp_path, lively_llama_dir):
+def test_evaluation_shows_what_tuning_cost(page, console, tuned, tmp_path, lively_llama_dir):
     """A tuned model beside its base on the Evaluate page: a retention column, filled for the tuned model."""
     client = console.client()
-    tuned = next(m.id for m in client.models.list() if m.id.startswith("ft:") and ":ckpt-step-" not in m.id)
     test = tmp_path / "test.jsonl"
     test.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "reference": a},
                                        ensure_ascii=False) + "\n" for q, a in ROWS[:2]), encoding="utf-8")  # fmt: skip
     uploaded = client.files.create(file=open(test, "rb"), purpose="evals")
-    run_evaluation(page, uploaded.id, [lively_llama_dir.name, tuned], "contains", 4)
+    run_evaluation(page, uploaded.id, [lively_llama_dir.name, tuned["model"]], "contains", 4)
     # the page still shows the evaluation before this one until this one's result comes
     page.locator("#eval-table thead", has_text="retention vs its base").wait_for(timeout=LONG * 2)
     cells = page.locator("#eval-table tbody td.retention")
@@ -320,11 +305,11 @@ def test_evaluation_shows_what_tuning_cost(page, console, tmp_path, lively_llama
     assert re.match(r"\d+% \[\d+%, \d+%\] · \d+/\d+", cells.nth(1).inner_text())
 
 
-def test_merge_from_the_models_page(page, lively_llama_dir):
+def test_merge_from_the_models_page(page, tuned, lively_llama_dir):
     """The tuned model and its base, averaged (linear): a merge job from the page, the result in the table."""
     page.goto(page.url.split("#")[0] + "#models")
-    tuned = page.eval_on_selector_all("#merge-models input", "xs => xs.map(x => x.value)")
-    tuned = next(m for m in tuned if m.startswith("ft:"))
+    tuned = tuned["model"]
+    page.locator(f"#merge-models input[value='{tuned}']").wait_for(state="attached")
     page.check(f"#merge-models input[value='{lively_llama_dir.name}']")
     page.check(f"#merge-models input[value='{tuned}']")
     page.select_option("#merge-method", "linear")
@@ -422,6 +407,14 @@ def test_console_api_split_estimate_votes_download_and_delete(console, tmp_path,
     assert client.files.content(again["test"]["id"]).text == client.files.content(parts["test"]["id"]).text
     bad = httpx.post(f"{base}/files/{f.id}/split", json={"ratios": [0.5, 0.7]})
     assert bad.status_code == 400 and "ratio" in bad.json()["error"]["message"]
+    # a bad row stops the split, named, as `lmtailor data split` does (data/ops.py); on_error "skip" leaves it out
+    lines = chat_lines([(f"Question {i}?", f"Answer {i}.") for i in range(8)]).splitlines()
+    data.write_text("\n".join(lines[:2] + ["{not json"] + lines[2:]) + "\n", encoding="utf-8")
+    f = client.files.create(file=open(data, "rb"), purpose="fine-tune")
+    refused = httpx.post(f"{base}/files/{f.id}/split", json={"ratios": [0.5, 0.5]})
+    assert refused.status_code == 400 and ":3:" in refused.json()["error"]["message"]
+    skipped = httpx.post(f"{base}/files/{f.id}/split", json={"ratios": [0.5, 0.5], "on_error": "skip"}).json()
+    assert skipped["skipped"] == 1 and sum(p["rows"] for p in skipped["files"].values()) == 8
 
     lora = httpx.post(f"{base}/estimate", json={"model": lively_llama_dir.name, "strategy": "lora"}).json()
     full = httpx.post(f"{base}/estimate", json={"model": lively_llama_dir.name, "strategy": "full"}).json()
@@ -436,7 +429,9 @@ def test_console_api_split_estimate_votes_download_and_delete(console, tmp_path,
                                                    "winner": "a"})  # fmt: skip
     assert same.status_code == 400
 
-    tuned = next(m.id for m in client.models.list() if m.id.startswith("ft:") and ":ckpt-step-" not in m.id)
+    tuned = _disposable_model(
+        client, tmp_path, lively_llama_dir
+    )  # its own: deleting it leaves the others' alone
     got = httpx.get(f"{base}/models/{tuned}/download", timeout=60)
     assert got.status_code == 200 and got.headers["content-type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(got.content)).namelist()
@@ -453,3 +448,27 @@ def test_console_api_split_estimate_votes_download_and_delete(console, tmp_path,
         client.chat.completions.create(
             model=tuned, messages=[{"role": "user", "content": "hi"}], max_tokens=2
         )
+
+
+def _disposable_model(client, tmp_path: Path, lively_llama_dir: Path) -> str:
+    """A short fine-tuning job through the SDK (a checkpoint every 2 steps) for a test that deletes its model."""
+    import time
+
+    data = tmp_path / "disposable.jsonl"
+    data.write_text(chat_lines(ROWS * 2), encoding="utf-8")
+    uploaded = client.files.create(file=open(data, "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=uploaded.id, suffix="disposable",
+                                         method={"type": "supervised", "supervised": {"hyperparameters": {
+                                             "n_epochs": 2, "batch_size": 2}}},
+                                         extra_body={"lmtailor": {"strategy": "lora", "lora_r": 4, "save_steps": 2,
+                                                                  "replay_ratio": 0, "retention": False}})  # fmt: skip
+    deadline = time.monotonic() + LONG / 1000 * 3
+    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in (
+        "succeeded",
+        "failed",
+        "cancelled",
+    ):
+        assert time.monotonic() < deadline, f"{job.id} still {job.status}"
+        time.sleep(0.3)
+    assert job.status == "succeeded", job.error
+    return job.fine_tuned_model

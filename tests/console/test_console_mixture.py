@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-
 
 @pytest.fixture(scope="module")
 def console(lively_llama_dir, tmp_path_factory, idle_server):
@@ -19,20 +17,8 @@ def console(lively_llama_dir, tmp_path_factory, idle_server):
 
 
 @pytest.fixture(scope="module")
-def page(console):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_context(viewport={"width": 1280, "height": 800}, locale="en-US").new_page()
-        page.set_default_timeout(30_000)
-        page.goto(console.url + "/#train")
-        yield page
-        browser.close()
+def page(open_page, console):
+    return open_page(console.url + "/#train")
 
 
 def upload(client, path: Path, topic: str):

@@ -106,6 +106,11 @@ def eval_command(
         from lmtailor.evaluate.runner import run_eval
 
         result = run_eval(eval_spec, home=home, log=lambda s: console.print(f"[dim]{s}[/dim]"))
+    from lmtailor.platform.record import record_eval, record_quietly
+
+    record_quietly(
+        record_eval, result, home, door="cli", log=console.print
+    )  # the console's Evaluate page lists it
     console.print(scores_table(result))
     out = Path(result["output"])
     console.print(

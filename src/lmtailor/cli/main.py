@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from lmtailor.cli import train_options as opts
 from lmtailor.cli.data import data_app
 from lmtailor.cli.evaluate import eval_command
 from lmtailor.cli.jobs import jobs_app
@@ -39,33 +40,16 @@ console = out()
 @app.command()
 def train(
     spec: Annotated[Path | None, typer.Argument(help="YAML spec file; flags override its keys")] = None,
-    model: Annotated[
-        str | None, typer.Option(help="catalog name, model folder, tuned model or .gguf")
-    ] = None,
-    data: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="training data file; several mix into one run: --data a.jsonl --data b.jsonl:0.3 "
-            "(FILE[:WEIGHT], WEIGHT the file's share of the mix; none: all rows)"
-        ),
-    ] = None,
+    model: opts.Model = None,
+    data: opts.Data = None,
     val_data: Annotated[str | None, typer.Option(help="validation data file")] = None,
-    val_ratio: Annotated[
-        float | None, typer.Option(help="fraction of training rows held out for validation")
-    ] = None,
+    val_ratio: opts.ValRatio = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="output folder")] = None,
     name: Annotated[str | None, typer.Option(help="tuned model name in the home")] = None,
     fmt: Annotated[str | None, typer.Option("--format", help="auto | chat | alpaca | sharegpt")] = None,
     on_error: Annotated[str | None, typer.Option(help="bad rows: fail | skip")] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(
-            help="sft | dpo (preference rows) | reinforcement (prompt rows; its grader in a YAML spec)"
-        ),
-    ] = None,
-    beta: Annotated[
-        float | None, typer.Option(help="dpo: how far from the reference model (higher: less)")
-    ] = None,
+    method: opts.Method = None,
+    beta: opts.Beta = None,
     strategy: Annotated[str | None, typer.Option(help="auto | lora | full | freeze")] = None,
     freeze_layers: Annotated[int | None, typer.Option(help="freeze: train only the last N layers")] = None,
     freeze_modules: Annotated[list[str] | None, typer.Option(help="freeze: train only these modules")] = None,
@@ -73,85 +57,37 @@ def train(
     lora_alpha: Annotated[int | None, typer.Option(help="LoRA alpha")] = None,
     lora_dropout: Annotated[float | None, typer.Option(help="LoRA dropout")] = None,
     lora_target_modules: Annotated[list[str] | None, typer.Option(help="modules LoRA wraps")] = None,
-    learning_rate: Annotated[
-        float | None, typer.Option("--lr", "--learning-rate", help="peak learning rate")
-    ] = None,
+    learning_rate: opts.LearningRate = None,
     epochs: Annotated[float | None, typer.Option(help="passes over the data")] = None,
     batch_size: Annotated[int | None, typer.Option(help="samples per optimizer step")] = None,
     grad_accum: Annotated[int | None, typer.Option(help="gradient accumulation steps")] = None,
     warmup_ratio: Annotated[float | None, typer.Option(help="warm-up fraction of steps")] = None,
-    scheduler: Annotated[
-        str | None, typer.Option(help="cosine | linear | constant | constant_with_warmup")
-    ] = None,
+    scheduler: opts.Scheduler = None,
     max_length: Annotated[int | None, typer.Option(help="token limit per sample")] = None,
-    packing: Annotated[
-        bool | None, typer.Option("--packing/--no-packing", help="pack samples (kept apart)")
-    ] = None,
-    recite: Annotated[
-        bool | None,
-        typer.Option(
-            "--recite/--no-recite", help='also train each answer as the reply to "Tell me a fact." (auto)'
-        ),
-    ] = None,
+    packing: opts.Packing = None,
+    recite: opts.Recite = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
-    replay_ratio: Annotated[
-        float | None,
-        typer.Option(
-            help="share of rows that are the base's own answers to general prompts, to keep what it knew "
-            "(auto: 0.2; 0: off)"
-        ),
-    ] = None,
-    retention: Annotated[
-        bool | None,
-        typer.Option(
-            "--retention/--no-retention", help="measure at the end what the base knew and kept (~1 min)"
-        ),
-    ] = None,
+    replay_ratio: opts.ReplayRatio = None,
+    retention: opts.Retention = None,
     eval_steps: Annotated[int | None, typer.Option(help="validate every N steps")] = None,
-    early_stopping_patience: Annotated[
-        int | None, typer.Option(help="stop after N validations without gain")
-    ] = None,
-    eval_metrics: Annotated[
-        list[str] | None, typer.Option(help="score generations on the validation rows at each evaluation")
-    ] = None,
-    best_metric: Annotated[
-        str | None, typer.Option(help="what --keep-best watches (default eval_loss)")
-    ] = None,
-    keep_best: Annotated[
-        bool | None, typer.Option("--keep-best/--no-keep-best", help="end on the best checkpoint")
-    ] = None,
+    early_stopping_patience: opts.EarlyStoppingPatience = None,
+    eval_metrics: opts.EvalMetrics = None,
+    best_metric: opts.BestMetric = None,
+    keep_best: opts.KeepBest = None,
     save_steps: Annotated[int | None, typer.Option(help="checkpoint every N steps")] = None,
-    resume: Annotated[
-        bool | None,
-        typer.Option("--resume", help="continue from the last checkpoint in --output (same data, batching)"),
-    ] = None,
+    resume: opts.Resume = None,
     precision: Annotated[str | None, typer.Option(help="auto | bf16 | fp16 | fp32")] = None,
-    trust_remote_code: Annotated[
-        bool | None, typer.Option("--trust-remote-code", help="run the model's own code")
-    ] = None,
-    gradient_checkpointing: Annotated[
-        bool | None,
-        typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="less memory, ~30% slower"),
-    ] = None,
-    devices: Annotated[
-        int | None, typer.Option(help="processes (GPUs) on this node; >1 launches torchrun")
-    ] = None,
+    trust_remote_code: opts.TrustRemoteCode = None,
+    gradient_checkpointing: opts.GradientCheckpointing = None,
+    devices: opts.Devices = None,
     nodes: Annotated[int | None, typer.Option(help="machines taking part (run the command on each)")] = None,
     node_rank: Annotated[int | None, typer.Option(help="this machine's number, 0 to nodes-1")] = None,
     master_addr: Annotated[str | None, typer.Option(help="address of node 0")] = None,
     master_port: Annotated[int | None, typer.Option(help="rendezvous port on node 0")] = None,
-    distributed: Annotated[
-        str | None, typer.Option(help="ddp | fsdp | deepspeed-zero2 | deepspeed-zero3")
-    ] = None,
-    offload: Annotated[
-        bool | None, typer.Option("--offload", help="deepspeed-zero3: parameters and optimizer in CPU memory")
-    ] = None,
-    accelerate_config: Annotated[
-        str | None, typer.Option(help="launch with this accelerate config file instead")
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="print the plan and the memory it needs, train nothing")
-    ] = False,
+    distributed: opts.Distributed = None,
+    offload: opts.Offload = None,
+    accelerate_config: opts.AccelerateConfig = None,
+    dry_run: opts.DryRun = False,
     home: HomeOpt = None,
     debug: DebugOpt = False,
 ) -> None:
@@ -163,22 +99,15 @@ def train(
     lmtailor train --model qwen2.5-7b-instruct --data train.jsonl --devices 8 --distributed fsdp -o big ;
     lmtailor train --data support.jsonl --data general.jsonl:0.2 --val-ratio 0.1 -o mixed
     """
+    # every option but these is a TrainSpec key of the same name (--format: `format`); an empty list is unset
+    flags = {
+        k: v if v != [] else None
+        for k, v in locals().items()
+        if k not in ("spec", "fmt", "dry_run", "home", "debug")
+    }
+    flags["format"] = fmt
     from lmtailor.specs import TrainSpec, data_option, load_spec
 
-    flags = {
-        "model": model, "data": data, "val_data": val_data, "val_ratio": val_ratio, "output": output,
-        "name": name, "format": fmt, "on_error": on_error, "method": method, "beta": beta, "strategy": strategy, "freeze_layers": freeze_layers,
-        "freeze_modules": freeze_modules or None, "lora_r": lora_r, "lora_alpha": lora_alpha,
-        "lora_dropout": lora_dropout, "lora_target_modules": lora_target_modules or None,
-        "learning_rate": learning_rate, "epochs": epochs, "batch_size": batch_size, "grad_accum": grad_accum,
-        "warmup_ratio": warmup_ratio, "scheduler": scheduler, "max_length": max_length, "packing": packing, "recite": recite,
-        "seed": seed, "replay_ratio": replay_ratio, "retention": retention, "eval_steps": eval_steps, "early_stopping_patience": early_stopping_patience,
-        "keep_best": keep_best, "eval_metrics": eval_metrics or None, "best_metric": best_metric, "save_steps": save_steps, "resume": resume, "precision": precision,
-        "trust_remote_code": trust_remote_code, "gradient_checkpointing": gradient_checkpointing,
-        "devices": devices, "nodes": nodes, "node_rank": node_rank, "master_addr": master_addr,
-        "master_port": master_port, "distributed": distributed, "offload": offload,
-        "accelerate_config": accelerate_config,
-    }  # fmt: skip
     with user_errors(debug):
         flags["data"] = data_option(data)  # each --data FILE[:WEIGHT] checked now, an error naming it
         train_spec = load_spec(TrainSpec, spec, flags)
@@ -189,6 +118,10 @@ def train(
         from lmtailor.train.launch import train as launch_train
 
         out = launch_train(train_spec, home=home)
+    if train_spec.node_rank == 0:  # the console's list of runs: one record, by the node that writes the model
+        from lmtailor.platform.record import record_quietly, record_training
+
+        record_quietly(record_training, out, home, door="cli", log=console.print)
     console.print(f"[green]tuned model:[/green] {out}")
     console.print(f"chat with it:  lmtailor chat {out}")
 

@@ -190,6 +190,18 @@ class Store:
                 s.add(obj)
         return obj
 
+    def add_job(self, job: Job, events: list[Event]) -> Job:
+        """A job with its events in one transaction: a recorded run appears whole or not at all."""
+        with self.session() as s, s.begin():
+            job.seq = select(func.coalesce(func.max(Job.seq), 0) + 1).scalar_subquery()
+            s.add(job)
+            s.flush()
+            for e in events:
+                e.job_id = job.id
+                s.add(e)
+            job.seq = s.scalar(select(Job.seq).where(Job.id == job.id))
+        return job
+
     def add_file(self, file_id: str, rel: str, filename: str, purpose: str) -> File:
         """The row of a file already written at `rel` in the home (an upload, a cleaned or split data set, a
         job's result file), its size read from the disk."""
@@ -228,11 +240,15 @@ class Store:
     def log(self, job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> None:
         self.add(_event(job_id, message, level, type, data))
 
-    def jobs(self, statuses: tuple[str, ...] | None = None) -> list[Job]:
+    def jobs(
+        self, statuses: tuple[str, ...] | None = None, kinds: tuple[str, ...] | None = None
+    ) -> list[Job]:
         with self.session() as s:
             q = select(Job).order_by(Job.seq)
             if statuses:
                 q = q.where(Job.status.in_(statuses))
+            if kinds:
+                q = q.where(Job.kind.in_(kinds))
             return list(s.scalars(q))
 
     def newest_checkpoint(self, job_id: str) -> int:

@@ -42,11 +42,14 @@ def ask(models: list[str], test_file: Path, out: Path, home, console: Console) -
     """`lmtailor eval` on the held-out questions: answers cached per model, so the base model answers once."""
     from lmtailor.evaluate.runner import run_eval
     from lmtailor.evaluate.spec import EvalSpec
+    from lmtailor.platform.record import record_eval, record_quietly
 
     spec = EvalSpec(
         models=models, data=str(test_file), metrics=["contains"], max_new_tokens=96, output=str(out)
     )
-    return run_eval(spec, home=home, log=console.print)
+    result = run_eval(spec, home=home, log=console.print)
+    record_quietly(record_eval, result, home, door="quickstart", log=console.print)
+    return result
 
 
 def _answers(result: dict) -> list[dict]:
@@ -83,6 +86,11 @@ def run_quickstart(home=None, limit: int | None = None, console: Console | None 
     spec = TrainSpec(model=EMBEDDED, data=str(train_file), output=str(out))
     plain = lambda line: console.print(line, markup=False, highlight=False)  # noqa: E731 (answers are text)
     run_sft(spec, home=home, log=plain)
+    from lmtailor.platform.record import record_quietly, record_training
+
+    record_quietly(
+        record_training, out, home, door="quickstart", log=plain
+    )  # its curve and card in the console
     console.rule("3. the tuned model (the base model's answers come from the cache)")
     t0 = time.time()
     result = ask([EMBEDDED, str(out)], test_file, evals / "compare", home, console)

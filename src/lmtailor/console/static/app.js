@@ -237,6 +237,7 @@ function showCard(m) {
     card ? el("table", { class: "kv" }, rows.map(([k, v]) => el("tr", {}, el("th", {}, k), el("td", {}, String(v ?? "–"))))) : el("p", { class: "hint" }, t("models.none")),
     el("div", { class: "row" },
       el("button", { type: "button", onclick: () => { location.hash = "chat"; $("#chat-model").value = m.id; } }, t("models.chat")),
+      m.job ? el("button", { type: "button", id: "model-run", onclick: () => { state.monitor = null; location.hash = "train"; monitor(m.job); } }, t("models.run")) : null,
       card || m.job ? el("button", { type: "button", onclick: (e) => busy(e.target, () => download(m.id)) }, t("models.download")) : null,
       deletable ? el("button", { type: "button", class: "danger", onclick: (e) => busy(e.target, () => removeModel(m.id)) }, t("models.delete")) : null));
   box.hidden = false;
@@ -356,9 +357,10 @@ async function split() {
   const id = $("#data-files").value;
   if (!id) throw new Error(t("data.pickFile"));
   const ratios = $("#split-ratios").value.split(/[,，\s]+/).filter(Boolean).map(Number);
-  const r = await api(`/lmtailor/files/${id}/split`, { method: "POST", body: { ratios, seed: Number($("#split-seed").value) } });
+  const r = await api(`/lmtailor/files/${id}/split`, { method: "POST", body: { ratios, seed: Number($("#split-seed").value), on_error: $("#split-skip").checked ? "skip" : "fail" } });
   const box = $("#split-result");
-  box.replaceChildren(el("p", {}, t("data.splitDone") + ": " + Object.entries(r.files).map(([k, f]) => `${k}: ${f.rows} ${t("data.rowsWord")} (${f.id})`).join(" · ")));
+  box.replaceChildren(el("p", {}, t("data.splitDone") + ": " + Object.entries(r.files).map(([k, f]) => `${k}: ${f.rows} ${t("data.rowsWord")} (${f.id})`).join(" · ")
+    + (r.skipped ? ` · ${t("data.splitSkipped", { n: r.skipped })}` : "")));
   box.hidden = false;
   await loadFiles();
 }
@@ -477,7 +479,17 @@ async function jobAction(action) {
 }
 
 // ---- Evaluate -------------------------------------------------------------------------------------------
-async function showEvaluate() { await Promise.all([loadModels(), loadFiles()]); if (state.evalJob) watchEval(state.evalJob); }
+async function showEvaluate() { await Promise.all([loadModels(), loadFiles()]); await drawHistory(); if (state.evalJob) watchEval(state.evalJob); }
+// every evaluation in the store, whichever door started it (a CLI run is recorded there too): one click redraws it
+async function drawHistory() {
+  const jobs = (await api("/lmtailor/jobs?kind=eval&limit=50")).data;
+  const fileName = (path) => { const base = String(path ?? "–").split("/").at(-1); return state.files.find((f) => base.startsWith(f.id + "."))?.filename ?? base; };
+  const models = (o) => (o.models ?? []).map((m) => o._names?.[m] ?? m.split("/").at(-1)).join(", ");
+  $("#eval-history tbody").replaceChildren(...jobs.map((j) => el("tr", { class: "clickable " + j.status, "data-job": j.id,
+    onclick: () => { state.evalJob = j.id; watchEval(j.id).catch((e) => banner(e.message)); } },
+    el("td", {}, when(j.created_at)), el("td", {}, models(j.lmtailor.options ?? {})), el("td", {}, fileName(j.lmtailor.options?.data)),
+    el("td", {}, j.lmtailor.options?.door ?? "API"), el("td", {}, j.status), el("td", {}, j.id))));
+}
 async function runEval() {
   const models = $$("#eval-models input:checked").map((i) => i.value);
   const data = $("#eval-file").value;
@@ -493,6 +505,7 @@ async function watchEval(id) {
   $("#eval-status").textContent = t("eval.running", { id, status: job.status }) + (job.error ? ` · ${job.error.message}` : "");
   if (!FINAL.includes(job.status)) { if (state.page === "evaluate") setTimeout(() => watchEval(id).catch((e) => banner(e.message)), 1500); return; }
   if (job.result) await drawEval(id, job.result);
+  if (state.page === "evaluate") await drawHistory();
 }
 async function drawEval(id, result) {
   $("#eval-result").hidden = false;

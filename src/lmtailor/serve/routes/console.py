@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, select
 from starlette.background import BackgroundTask
 
+from lmtailor.data import ops
 from lmtailor.data.summary import summarize, write_jsonl
 from lmtailor.errors import LmtailorError
 from lmtailor.platform.store import Checkpoint, Model, Store, Vote, new_id, now
@@ -42,12 +43,14 @@ class CleanBody(InspectBody):
     near_dup_threshold: float = Field(0.9, gt=0, le=1)
     mask_pii: bool = False
     max_tokens: int | None = Field(None, ge=1)
+    on_error: Literal["fail", "skip"] = ops.CLEAN_ON_ERROR
 
 
 class SplitBody(BaseModel):
     format: Literal["auto", "chat", "alpaca", "sharegpt"] = "auto"
     ratios: list[float] = [0.8, 0.1, 0.1]
     seed: int = 0
+    on_error: Literal["fail", "skip"] = ops.SPLIT_ON_ERROR  # as `lmtailor data split`: data/ops.py
 
 
 class EstimateBody(BaseModel):
@@ -75,8 +78,9 @@ router = APIRouter()
 async def list_models(store: StoreDep, pool: PoolDep):
     """Every model the server offers, with its card: base, data, hyperparameters, metrics, parent."""
     jobs = {m.name: m for m in store.models()}
+    runs = {j.options["folder"]: j for j in store.jobs(kinds=("train",)) if (j.options or {}).get("folder")}
     loaded = set(pool.loaded)
-    cards = [_model_card(store, o, jobs.get(o.id), loaded) for o in pool.offers().values()]
+    cards = [_model_card(store, o, jobs.get(o.id), loaded, runs) for o in pool.offers().values()]
     return {"object": "list", "data": cards}
 
 
@@ -241,7 +245,10 @@ def _user_errors(fn, *args):
         raise ApiError(400, str(e), param="file_id") from e
 
 
-def _model_card(store: Store, offer, job_model, loaded: set[str]) -> dict:
+def _model_card(store: Store, offer, job_model, loaded: set[str], runs: dict) -> dict:
+    """A model's card; `job` the job or recorded run (platform/record.py) that made it, for its curve."""
+    from lmtailor.train.callbacks import last_loss
+
     folder = Path(offer.ref)
     card = None
     if (folder / "lmtailor.json").is_file():
@@ -264,9 +271,11 @@ def _model_card(store: Store, offer, job_model, loaded: set[str]) -> dict:
                 uploaded = store.get(StoredFile, Path(source["path"]).stem)
                 source["file"] = uploaded.filename if uploaded else source["name"]
     keys = ("base_model", "parent", "strategy", "hyperparameters", "data", "metrics", "defaults_chosen")
+    run = runs.get(str(folder.resolve())) if job_model is None and folder.is_dir() else None
     return {
         "id": offer.id, "object": "model", "created": offer.created, "kind": kind,
-        "job": job_model.job_id if job_model else None, "loss": job_model.loss if job_model else None,
+        "job": job_model.job_id if job_model else run.id if run else None,
+        "loss": job_model.loss if job_model else last_loss(folder) if card else None,
         "adapter": bool(offer.adapter), "loaded": str(folder.resolve()) in loaded if folder.is_dir() else False,
         "card": {k: card.get(k) for k in keys} if card else None,
     }  # fmt: skip
@@ -287,22 +296,17 @@ def _job_card(store: Store, job_model) -> dict | None:
 
 
 def _inspect(path: Path, filename: str, fmt: str, model_ref: str | None, home) -> dict:
-    from lmtailor.data.formats import load_records
-    from lmtailor.data.validate import token_length
-
-    result = load_records(path, fmt, on_error="skip")
-    tok = _tokenizer(model_ref, home)
-    lengths = [token_length(tok, r) for r in result.records] if tok is not None else None
-    summary = summarize(result.records, tok, result.formats, lengths)
+    seen = ops.inspect_file(path, fmt, _tokenizer(model_ref, home))
+    loaded = seen.loaded
     return {
         "filename": filename,
-        "rows": len(result.records) + len(result.errors),
-        "good": len(result.records),
-        "bad": len(result.errors),
-        "summary": summary,
-        "errors": [{"line": e.line, "reason": e.reason} for e in result.errors[:MAX_ERRORS]],
-        "preview": [{"line": r.line, **r.to_chat()} for r in result.records[:PREVIEW_ROWS]],
-        "histogram": _histogram(lengths or []),
+        "rows": len(loaded.records) + len(loaded.errors),
+        "good": len(loaded.records),
+        "bad": len(loaded.errors),
+        "summary": seen.summary,
+        "errors": [{"line": e.line, "reason": e.reason} for e in loaded.errors[:MAX_ERRORS]],
+        "preview": [{"line": r.line, **r.to_chat()} for r in loaded.records[:PREVIEW_ROWS]],
+        "histogram": _histogram(seen.lengths or []),
     }
 
 
@@ -326,35 +330,21 @@ def _tokenizer(model_ref: str | None, home):
 
 
 def _clean(store: Store, f: StoredFile, body: CleanBody, model_ref: str | None) -> dict:
-    from lmtailor.data.clean import clean_records
-    from lmtailor.data.formats import load_records
-
-    result = load_records(store.path(f.path), body.format, on_error="skip")
     tok = _tokenizer(model_ref, store.home)
-    kept, report = clean_records(result.records, dedup=body.dedup, near_dup_threshold=body.near_dup_threshold,
-                                 max_tokens=body.max_tokens, tokenizer=tok, mask_pii=body.mask_pii)  # fmt: skip
-    if not kept:
-        raise LmtailorError(f"no rows left after cleaning {f.filename}; nothing written")
-    stem = Path(f.filename).stem
-    new = _store_records(store, kept, f"{stem}.clean.jsonl", f.purpose)
-    return {"file": new, "report": {"input": report.pop("input"), "invalid": len(result.errors), **report},
-            "before": summarize(result.records, tok), "after": summarize(kept, tok)}  # fmt: skip
+    cleaned = ops.clean_file(store.path(f.path), body.format, body.on_error, tokenizer=tok, dedup=body.dedup,
+                         near_dup_threshold=body.near_dup_threshold, max_tokens=body.max_tokens,
+                         mask_pii=body.mask_pii, name=f.filename)  # fmt: skip
+    new = _store_records(store, cleaned.kept, f"{Path(f.filename).stem}.clean.jsonl", f.purpose)
+    return {"file": new, "report": cleaned.report, "before": summarize(cleaned.loaded.records, tok),
+            "after": summarize(cleaned.kept, tok)}  # fmt: skip
 
 
 def _split(store: Store, f: StoredFile, body: SplitBody) -> dict:
-    from lmtailor.data.formats import load_records
-    from lmtailor.data.split import SPLIT_NAMES, check_ratios, split_records
-
-    ratios = check_ratios(body.ratios)
-    result = load_records(store.path(f.path), body.format, on_error="skip")
-    parts = split_records(result.records, ratios, body.seed)
+    loaded, parts = ops.split_file(store.path(f.path), body.ratios, body.seed, body.format, body.on_error)
     stem = Path(f.filename).stem
-    files = {}
-    for name, ratio in zip(SPLIT_NAMES, ratios, strict=False):
-        if ratio > 0 and parts[name]:
-            files[name] = {**_store_records(store, parts[name], f"{stem}.{name}.jsonl",
-                                            "evals" if name == "test" else f.purpose), "rows": len(parts[name])}  # fmt: skip
-    return {"files": files, "skipped": len(result.errors)}
+    files = {name: {**_store_records(store, rows, f"{stem}.{name}.jsonl", "evals" if name == "test" else f.purpose),
+                    "rows": len(rows)} for name, (_, rows) in parts.items() if rows}  # fmt: skip
+    return {"files": files, "skipped": len(loaded.errors)}
 
 
 def _store_records(store: Store, records, filename: str, purpose: str) -> dict:
