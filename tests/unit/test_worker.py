@@ -62,3 +62,23 @@ def test_a_process_death_and_a_server_restart_count_apart_and_a_checkpoint_sets_
     )
     job = store.get(Job, job_id)
     assert (job.status, job.interruptions, job.restarts) == ("queued", 1, 0)
+
+
+def test_a_job_whose_process_cannot_start_fails_with_the_reason_as_its_last_event(tmp_path, monkeypatch):
+    """No Python to start (here: a path that is not there): the job fails at once, the reason in its error and as
+    an event written with the status change."""
+    from sqlalchemy import select
+
+    from lmtailor.platform.store import Event
+
+    store = Store(tmp_path)
+    job = store.add(Job(id=new_id("ftjob"), kind="fine_tune", status="queued", model="m", created_at=now(),
+                        result_files=[]))  # fmt: skip
+    monkeypatch.setattr("lmtailor.platform.worker.sys.executable", str(tmp_path / "no-python"))
+    Worker(store)._spawn(job)
+    failed = store.get(Job, job.id)
+    assert failed.status == "failed" and failed.error["code"] == "internal_error"
+    with store.session() as s:
+        events = list(s.scalars(select(Event).where(Event.job_id == job.id).order_by(Event.seq)))
+    assert [(e.level, e.message) for e in events] == [("error", failed.error["message"])]
+    assert failed.error["message"].startswith("cannot start the job process: ")

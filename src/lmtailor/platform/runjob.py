@@ -170,19 +170,13 @@ def _fine_tune(store: Store, job: Job) -> None:
         if spec.val_data:
             load_records(spec.val_data, spec.format, on_error=spec.on_error)
     store.log(job.id, f"Files validated: {n_rows} training rows")
-    store.transition(
-        job.id,
-        ACTIVE,
-        status="running",
-        started_at=job.started_at or now(),
-        output=store.rel(job_dir(store, job)),
+    said = (
+        "Fine-tuning job resumed from its last checkpoint"
+        if _has_checkpoint(out)
+        else "Fine-tuning job started"
     )
-    store.log(
-        job.id,
-        "Fine-tuning job started"
-        if not _has_checkpoint(out)
-        else "Fine-tuning job resumed from its last checkpoint",
-    )
+    if not _start(store, job, said):
+        return
     name = fine_tuned_name(job)
     from lmtailor.models.catalog import resolve
     from lmtailor.train.callbacks import last_loss
@@ -211,6 +205,13 @@ def _fine_tune(store: Store, job: Job) -> None:
                      chosen={k: card["hyperparameters"].get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy", "recite")},
                      events=[f"New fine-tuned model created: {name}", {"message": "The job has successfully completed",
                                                                        "data": {"retention": kept} if kept else None}])  # fmt: skip
+
+
+def _start(store: Store, job: Job, said: str) -> bool:
+    """The job turned running with `said` as its event, in one transaction; False when it is no longer active
+    (cancelled while its files were checked): then it does nothing more."""
+    return store.transition(job.id, ACTIVE, status="running", started_at=job.started_at or now(),
+                            output=store.rel(job_dir(store, job)), events=[said])  # fmt: skip
 
 
 def _free_port() -> int:
@@ -268,10 +269,8 @@ def _eval(store: Store, job: Job) -> None:
     out = job_dir(store, job) / "eval"
     options = {k: v for k, v in job.options.items() if k != "_names"}  # routes/jobs.py NAMES: for display
     spec = EvalSpec(**{**options, "output": str(out)})
-    store.transition(
-        job.id, ACTIVE, status="running", started_at=now(), output=store.rel(job_dir(store, job))
-    )
-    store.log(job.id, "Evaluation started")
+    if not _start(store, job, "Evaluation started"):
+        return
     result = run_eval(spec, home=store.home, log=lambda line: store.log(job.id, line))
     summary = {m["name"]: {k: v["value"] for k, v in m["scores"].items()} for m in result["models"]}
     store.log(job.id, "Evaluation finished", data=summary)
@@ -285,10 +284,8 @@ def _merge(store: Store, job: Job) -> None:
     out = job_dir(store, job) / "model"
     options = {k: v for k, v in job.options.items() if k != "_names"}
     spec = MergeSpec(**{**options, "output": str(out)})
-    store.transition(
-        job.id, ACTIVE, status="running", started_at=now(), output=store.rel(job_dir(store, job))
-    )
-    store.log(job.id, f"Merging {len(spec.models)} models with {spec.method}")
+    if not _start(store, job, f"Merging {len(spec.models)} models with {spec.method}"):
+        return
     shutil.rmtree(out, ignore_errors=True)  # a merge interrupted by a killed server starts over
     run_merge(spec, home=store.home, log=lambda line: store.log(job.id, line))
     name = f"merged:{job.suffix or spec.method}:{job.id}"
@@ -316,10 +313,8 @@ def _synth(store: Store, job: Job) -> None:
     out = job_dir(store, job) / "synth" / "train.jsonl"
     options = {k: v for k, v in job.options.items() if k != "_names"}
     spec = SynthSpec(**{**options, "output": str(out)})
-    store.transition(
-        job.id, ACTIVE, status="running", started_at=now(), output=store.rel(job_dir(store, job))
-    )
-    store.log(job.id, f"Synthesizing question-answer pairs with {job.model}")
+    if not _start(store, job, f"Synthesizing question-answer pairs with {job.model}"):
+        return
     report = run_synth(spec, home=store.home, log=lambda line: store.log(job.id, line),
                        names=job.options.get("_names"))  # fmt: skip
     files = []

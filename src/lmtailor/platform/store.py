@@ -226,7 +226,7 @@ class Store:
             if done.rowcount != 1:
                 return False
             for e in events:
-                s.add(_event(job_id, **({"message": e} if isinstance(e, str) else e)))
+                s.add(new_event(job_id, **({"message": e} if isinstance(e, str) else e)))
             return True
 
     def ask(self, job_id: str, request: str) -> bool:
@@ -238,7 +238,7 @@ class Store:
             return s.execute(q.values(request=request)).rowcount == 1
 
     def log(self, job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> None:
-        self.add(_event(job_id, message, level, type, data))
+        self.add(new_event(job_id, message, level, type, data))
 
     def jobs(
         self, statuses: tuple[str, ...] | None = None, kinds: tuple[str, ...] | None = None
@@ -263,7 +263,7 @@ class Store:
             return list(s.scalars(select(Model).order_by(Model.created_at)))
 
 
-def _event(job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> Event:
+def new_event(job_id: str, message: str, level: str = "info", type: str = "message", data=None) -> Event:
     return Event(id=new_id("ftevent"), job_id=job_id, created_at=now(), level=level, type=type, message=message,
                  data=data)  # fmt: skip
 

@@ -154,9 +154,10 @@ class Worker:
             with open(folder / "job.log", "ab") as log:
                 proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        except OSError as e:
-            self.store.transition(job.id, ACTIVE, status="failed", finished_at=now(), error={
-                "code": "internal_error", "message": f"cannot start the job process: {e}", "param": None})  # fmt: skip
+        except OSError as e:  # the failure as the job's last event too, where a client reading events looks
+            said = f"cannot start the job process: {e}"
+            self.store.transition(job.id, ACTIVE, status="failed", finished_at=now(), events=[{"message": said, "level": "error"}],
+                                  error={"code": "internal_error", "message": said, "param": None})  # fmt: skip
             return
         self.procs[job.id] = proc
         self.store.transition(job.id, ACTIVE, pid=proc.pid)

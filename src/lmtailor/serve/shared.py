@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from lmtailor.platform.store import File as StoredFile
-from lmtailor.platform.store import Job, Store
+from lmtailor.platform.store import Job, Store, new_event
 from lmtailor.serve.pool import ModelNotFound, ModelPool
 from lmtailor.serve.protocol import ApiError
 
@@ -161,8 +161,7 @@ def find_job(store: Store, job_id: str) -> Job:
 
 def queue_job(store: Store, worker, job: Job, said: str) -> dict:
     """A new job queued: its row, its first event, the worker woken; the job as the API shows it."""
-    job = store.add(job)
-    store.log(job.id, said)
+    job = store.add_job(job, [new_event(job.id, said)])  # the row and its first event together
     worker.wake()
     return job_json(job)
 
