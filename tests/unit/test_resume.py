@@ -268,3 +268,24 @@ def test_a_new_run_into_the_same_folder_starts_a_new_metrics_log(tiny_llama_dir,
     assert [r["step"] for r in second] == [r["step"] for r in first]  # replaced, not appended
     steps = [r["step"] for r in second if "loss" in r]
     assert steps == sorted(set(steps))
+
+
+def test_early_stopping_watches_a_generated_metric(tiny_llama_dir, tiny_chat_file, tmp_path):
+    """early_stopping_patience on an eval_metrics metric stops the run: its scorer runs before the stopping
+    callback (it used to run after, so the metric was missing when stopping looked and the run went on)."""
+    from lmtailor.specs import TrainSpec
+    from lmtailor.train.callbacks import read_metrics
+    from lmtailor.train.sft import run_sft
+
+    out = tmp_path / "stopped"
+    spec = TrainSpec(model=str(tiny_llama_dir), data=str(tiny_chat_file), val_data=str(tiny_chat_file),
+                     output=str(out), strategy="lora", lora_r=4, epochs=10, batch_size=4, eval_steps=2,
+                     early_stopping_patience=1, eval_metrics=["contains"], best_metric="contains", precision="fp32",
+                     replay_ratio=0, retention=False)  # fmt: skip
+    run_sft(spec, progress=False, log=lambda *a: None)
+    scored = [r for r in read_metrics(out / "metrics.jsonl") if "eval_contains" in r]
+    card = json.loads((out / "lmtailor.json").read_text())
+    # the random tiny model answers nothing right: no gain after the first evaluation, stopped at the second
+    # (step 4 of 10 epochs x 3 steps); the run's last validation scores the model it ends with once more
+    assert [(r["step"], r["eval_contains"]) for r in scored] == [(2, 0.0), (4, 0.0), (4, 0.0)]
+    assert card["metrics"]["steps"] == 4

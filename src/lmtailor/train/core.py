@@ -129,11 +129,12 @@ def best_metric(spec: TrainSpec) -> str:
     return "eval_loss" if name in ("loss", "eval_loss") else f"eval_{name}"
 
 
-def callbacks(run: Run, progress: bool, has_val: bool) -> list:
-    """metrics.jsonl, the progress bar, and early stopping when asked for (and there is validation)."""
+def callbacks(run: Run, progress: bool, has_val: bool, scorers: tuple = ()) -> list:
+    """metrics.jsonl, the progress bar, `scorers` (callbacks that add metrics at each evaluation), and early
+    stopping when asked for (and there is validation): after the scorers, or it never sees their metrics."""
     from lmtailor.train.callbacks import MetricsCallback, ProgressCallback
 
-    out = [MetricsCallback(run.out / "metrics.jsonl"), ProgressCallback(progress)]
+    out = [MetricsCallback(run.out / "metrics.jsonl"), ProgressCallback(progress), *scorers]
     if has_val and run.spec.early_stopping_patience:
         from transformers import EarlyStoppingCallback
 

@@ -53,14 +53,17 @@ def run(spec: TrainSpec, home=None, progress: bool = True, log: Callable = print
     _log_start(run, plan, rows, getattr(train_recs, "sources", None), (trainable, total))
     # train/fastpath.py: the loss over trained positions; in fp32 also attention per packed sample
     replaced = use_fast_path(model, attention=spec.packing and run.precision == "fp32")
-    trainer = _build_trainer(run, plan, model, rows, progress, varlen=replaced is not None)
-    add_source_losses(trainer, spec, plan, run.tok, val_recs, rows.lengths, run.out)
-    if rows.val and spec.eval_metrics:
+    scorers = ()
+    if (
+        rows.val and spec.eval_metrics
+    ):  # generated answers scored at each evaluation: early stopping can watch them
         from lmtailor.train.callbacks import EvalMetricsCallback, val_rows
 
-        trainer.add_callback(
-            EvalMetricsCallback(run.tok, val_rows(val_recs), spec.eval_metrics, run.out / "metrics.jsonl")
+        scorers = (
+            EvalMetricsCallback(run.tok, val_rows(val_recs), spec.eval_metrics, run.out / "metrics.jsonl"),
         )
+    trainer = _build_trainer(run, plan, model, rows, progress, varlen=replaced is not None, scorers=scorers)
+    add_source_losses(trainer, spec, plan, run.tok, val_recs, rows.lengths, run.out)
     record, computed = _record(run, plan, trainer, rows)
     metrics = core.train(run, trainer, record, callbacks)
     metrics.update({
@@ -292,7 +295,9 @@ def add_source_losses(
         trainer.add_callback(SourceLossCallback(trainer, sets, out / "metrics.jsonl"))
 
 
-def _build_trainer(run: core.Run, plan, model, rows: Rows, progress: bool, varlen: bool = False):
+def _build_trainer(
+    run: core.Run, plan, model, rows: Rows, progress: bool, varlen: bool = False, scorers: tuple = ()
+):
     """transformers' Trainer over our tokenised rows (TRL's SFT loss path builds fp32 vocab-wide metrics on
     every token, which costs a third of a CPU step; the loss here is the model's own, over the trained positions:
     train/fastpath.py). The head runs over every position: over the trained ones only (`logits_to_keep`) the step
@@ -330,7 +335,7 @@ def _build_trainer(run: core.Run, plan, model, rows: Rows, progress: bool, varle
         train_dataset=train_ds,
         eval_dataset=val_ds,
         data_collator=collator,
-        callbacks=core.callbacks(run, progress, val_ds is not None),
+        callbacks=core.callbacks(run, progress, val_ds is not None, scorers),
         processing_class=tok,  # checkpoints carry the tokenizer, so each one loads (and serves) alone
     )
 
