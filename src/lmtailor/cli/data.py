@@ -158,7 +158,7 @@ def split_cmd(
     with user_errors():
         loaded, parts = split_file(file, _parse_ratios(ratios), seed, fmt, on_error)  # type: ignore[arg-type]
         table = Table("split", "rows", "file")
-        for name, (_, rows) in parts.items():
+        for name, rows in parts.items():
             path = output_dir / f"{name}.jsonl"
             write_jsonl(rows, path)
             table.add_row(name, str(len(rows)), str(path))

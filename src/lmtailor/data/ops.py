@@ -64,12 +64,12 @@ def clean_file(path: Path, fmt: str = "auto", on_error: OnError = CLEAN_ON_ERROR
 
 
 def split_file(path: Path, ratios, seed: int = 0, fmt: str = "auto",
-               on_error: OnError = SPLIT_ON_ERROR) -> tuple[LoadResult, dict[str, tuple[float, list[Record]]]]:  # fmt: skip
-    """The rows cut by `ratios` (train, val[, test]) with `seed`: each part's ratio and rows, the parts whose
-    ratio is 0 left out."""
+               on_error: OnError = SPLIT_ON_ERROR) -> tuple[LoadResult, dict[str, list[Record]]]:  # fmt: skip
+    """The rows cut by `ratios` (train, val[, test]) with `seed`: each part's rows, the parts whose ratio is 0
+    left out."""
     from lmtailor.data.split import SPLIT_NAMES, check_ratios, split_records
 
     values = check_ratios(ratios)
     loaded = load_records(path, fmt, on_error=on_error)
     parts = split_records(loaded.records, values, seed)
-    return loaded, {n: (r, parts[n]) for n, r in zip(SPLIT_NAMES, values, strict=False) if r > 0}
+    return loaded, {n: parts[n] for n, r in zip(SPLIT_NAMES, values, strict=False) if r > 0}

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from lmtailor.home import home_dir
+from lmtailor.platform.runjob import eval_summary, step_event
 from lmtailor.platform.store import Event, Job, Store, new_id, now
 
 EVAL_OUTPUTS = ("metrics.json", "predictions.jsonl", "report.md", "report.html")
@@ -45,10 +46,10 @@ def record_training(out: Path, home=None, door: str = "cli") -> str:
               chosen={k: hyper.get(k) for k in ("epochs", "batch_size", "learning_rate", "strategy", "recite")})  # fmt: skip
     events = [_at(started, f"Training run started from the {door}: {card.get('base_model')} on "
                            f"{_data_line(card)}")]  # fmt: skip
-    for row in rows:
-        step = _step_event(row, total)
-        if step:
-            events.append(_at(started + int(row.get("elapsed_s") or 0), *step))
+    for row in rows:  # the events a job's callback writes for the same logs
+        said = step_event(row, row["step"], total)
+        if said:
+            events.append(_at(started + int(row.get("elapsed_s") or 0), *said))
     kept = metrics.get("retention")
     if kept:
         from lmtailor.evaluate.retention import summary_line
@@ -71,13 +72,12 @@ def record_eval(result: dict, home=None, door: str = "cli") -> str:
         if (source / name).is_file():
             shutil.copyfile(source / name, target / name)
     names = [m["name"] for m in result.get("models", [])]
-    summary = {m["name"]: {k: v["value"] for k, v in m["scores"].items()} for m in result.get("models", [])}
     job = Job(id=job_id, kind="eval", status="succeeded", model=", ".join(names), created_at=now(),
               started_at=now(), finished_at=now(), result_files=[], output=store.rel(target.parent),
               options={"door": door, "folder": str(source), "models": names,
                        "data": (result.get("data") or {}).get("path")})  # fmt: skip
     events = [_at(now(), f"Evaluation run from the {door}: {', '.join(names)}; outputs in {source}"),
-              _at(now(), "Evaluation finished", summary)]  # fmt: skip
+              _at(now(), "Evaluation finished", eval_summary(result))]  # fmt: skip
     return store.add_job(job, events).id
 
 
@@ -88,19 +88,6 @@ def record_quietly(fn, *args, log=print, **kwargs) -> str | None:
     except Exception as e:  # a locked or unreadable store must not turn a finished run into an error
         log(f"(not recorded in the home's job list: {type(e).__name__}: {e})")
         return None
-
-
-def _step_event(row: dict, total: int) -> tuple[str, dict] | None:
-    """A metrics.jsonl row as the event a job's callback writes for it (platform/runjob.JobCallback)."""
-    data = {"step": row["step"], "total_steps": total}
-    for src, dst in (("loss", "train_loss"), ("eval_loss", "valid_loss"), ("learning_rate", "learning_rate"),
-                     ("reward", "train_reward"), ("eval_reward", "valid_reward")):  # fmt: skip
-        if src in row:
-            data[dst] = row[src]
-    if len(data) == 2:  # the end-of-run summary row, or a row of other numbers
-        return None
-    text = ", ".join(f"{k}={v:.4g}" for k, v in data.items() if k.endswith(("loss", "rate", "reward")))
-    return f"Step {row['step']}/{total}: {text}", data
 
 
 def _at(when: int, message: str, data: dict | None = None) -> Event:

@@ -272,8 +272,7 @@ def _eval(store: Store, job: Job) -> None:
     if not _start(store, job, "Evaluation started"):
         return
     result = run_eval(spec, home=store.home, log=lambda line: store.log(job.id, line))
-    summary = {m["name"]: {k: v["value"] for k, v in m["scores"].items()} for m in result["models"]}
-    store.log(job.id, "Evaluation finished", data=summary)
+    store.log(job.id, "Evaluation finished", data=eval_summary(result))
     store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), pid=None)
 
 
@@ -356,33 +355,10 @@ class JobCallback:
 
             def on_log(self, args, state, control, logs=None, **kw):
                 logs = logs or {}
-                if not {"loss", "eval_loss", "reward", "eval_reward"} & set(logs):
-                    return
                 self.last_loss = logs.get("loss", self.last_loss)
-                data = {"step": state.global_step, "total_steps": state.max_steps}
-                if "loss" in logs:
-                    data["train_loss"] = logs["loss"]
-                if "eval_loss" in logs:
-                    data["valid_loss"] = logs["eval_loss"]
-                if "learning_rate" in logs:
-                    data["learning_rate"] = logs["learning_rate"]
-                if "reward" in logs or "eval_reward" in logs:  # reinforcement: the grader's mean reward
-                    data["train_reward" if "reward" in logs else "valid_reward"] = logs.get(
-                        "reward", logs.get("eval_reward")
-                    )
-                for key in ("rewards/accuracies", "rewards/margins"):  # dpo: train and validation
-                    for prefix in ("", "eval_"):
-                        if prefix + key in logs:
-                            data[("valid_" if prefix else "train_") + key.replace("rewards/", "reward_")] = (
-                                logs[prefix + key]
-                            )
-                text = ", ".join(
-                    f"{k}={v:.4g}"
-                    for k, v in data.items()
-                    if k.endswith(("loss", "rate", "accuracies", "margins"))
-                )
-                self.store.log(self.job_id, f"Step {state.global_step}/{state.max_steps}: {text}", type="metrics",
-                               data=data)  # fmt: skip
+                said = step_event(logs, state.global_step, state.max_steps)
+                if said:
+                    self.store.log(self.job_id, said[0], type="metrics", data=said[1])
 
             def on_step_end(self, args, state, control, **kw):
                 job = self.store.get(Job, self.job_id)
@@ -405,6 +381,39 @@ class JobCallback:
                     raise Paused()
 
         return _Callback(*args, **kwargs)
+
+
+def step_event(logs: dict, step: int, total: int) -> tuple[str, dict] | None:
+    """A Trainer's log (or a metrics.jsonl row, which holds the same keys) as a job's metrics event: its message
+    and data; None for a log without a loss or reward (the run's summary, a generated metric's scores)."""
+    if not {"loss", "eval_loss", "reward", "eval_reward"} & set(logs):
+        return None
+    data = {"step": step, "total_steps": total}
+    if "loss" in logs:
+        data["train_loss"] = logs["loss"]
+    if "eval_loss" in logs:
+        data["valid_loss"] = logs["eval_loss"]
+    if "learning_rate" in logs:
+        data["learning_rate"] = logs["learning_rate"]
+    if "reward" in logs or "eval_reward" in logs:  # reinforcement: the grader's mean reward
+        data["train_reward" if "reward" in logs else "valid_reward"] = logs.get(
+            "reward", logs.get("eval_reward")
+        )
+    for key in ("rewards/accuracies", "rewards/margins"):  # dpo: train and validation
+        for prefix in ("", "eval_"):
+            if prefix + key in logs:
+                data[("valid_" if prefix else "train_") + key.replace("rewards/", "reward_")] = logs[
+                    prefix + key
+                ]
+    text = ", ".join(
+        f"{k}={v:.4g}" for k, v in data.items() if k.endswith(("loss", "rate", "accuracies", "margins"))
+    )
+    return f"Step {step}/{total}: {text}", data
+
+
+def eval_summary(result: dict) -> dict:
+    """Each model's score per metric, from run_eval's result: the data of an evaluation's last event."""
+    return {m["name"]: {k: v["value"] for k, v in m["scores"].items()} for m in result["models"]}
 
 
 def agree(value: bool) -> bool:

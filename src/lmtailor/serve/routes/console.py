@@ -343,7 +343,7 @@ def _split(store: Store, f: StoredFile, body: SplitBody) -> dict:
     loaded, parts = ops.split_file(store.path(f.path), body.ratios, body.seed, body.format, body.on_error)
     stem = Path(f.filename).stem
     files = {name: {**_store_records(store, rows, f"{stem}.{name}.jsonl", "evals" if name == "test" else f.purpose),
-                    "rows": len(rows)} for name, (_, rows) in parts.items() if rows}  # fmt: skip
+                    "rows": len(rows)} for name, rows in parts.items() if rows}  # fmt: skip
     return {"files": files, "skipped": len(loaded.errors)}
 
 
