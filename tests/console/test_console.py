@@ -346,8 +346,12 @@ def test_synthesize_a_training_file_from_documents(page, tmp_path, lively_llama_
     assert re.match(r"Done: \d+ training rows, \d+ held-out questions", page.inner_text("#synth-status"))
     summary = page.inner_text("#synth-result")
     assert re.search(r"2 documents, \d+ chunks; pairs kept \d+ of \d+", summary)
-    picked = page.eval_on_selector("#data-files", "s => s.options[s.selectedIndex].text")
-    assert picked.startswith("synth_train.jsonl · file-")
+    # the file list reloads after the job's status turns "succeeded": wait for the new file to be picked
+    page.wait_for_function(
+        "(() => { const s = document.querySelector('#data-files');"
+        " return s.selectedIndex >= 0 && s.options[s.selectedIndex].text.startsWith('synth_train.jsonl · file-'); })()",
+        timeout=LONG,
+    )
     page.fill("#synth-endpoint", "openai:@nowhere")  # a malformed endpoint: the server's words
     page.set_input_files("#synth-docs", [str(md)])
     page.click("#synth-go")
