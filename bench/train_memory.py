@@ -4,7 +4,7 @@ For each strategy, a child process trains the embedded model for a few steps of 
 max_length tokens (rows longer than that, truncated; no packing, which would merge the steps into one) and reports its peak resident memory above what it held before loading the model (torch and
 transformers imported); the estimate for the same settings is printed beside it, with the ratio.
 
-    python bench/train_memory.py [--batch 4] [--max-length 256] [--strategies lora,auto,full]
+    python bench/train_memory.py [--batch 4] [--max-length 256] [--strategies lora,mlp,full]
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ def rss():
 
 args = json.loads(sys.argv[1])
 before = rss()
-spec = TrainSpec(model="smollm2-135m-instruct", data=args["data"], output=args["out"], strategy=args["strategy"],
-                 epochs=1, batch_size=args["batch"], max_length=args["max_length"], packing=False, lora_r=32,
-                 neftune_alpha=0)
+mlp = args["strategy"] == "mlp"  # the MLP blocks alone: `freeze` with freeze_modules [mlp]
+spec = TrainSpec(model="smollm2-135m-instruct", data=args["data"], output=args["out"],
+                 strategy="freeze" if mlp else args["strategy"], freeze_modules=["mlp"] if mlp else None, epochs=1,
+                 batch_size=args["batch"], max_length=args["max_length"], packing=False, lora_r=32, neftune_alpha=0,
+                 replay_ratio=0)
 run_sft(spec, progress=False, log=lambda line: None)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print("RESULT", json.dumps({"before": before, "peak": peak}))
@@ -43,7 +45,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--strategies", default="lora,auto,full")
+    ap.add_argument("--strategies", default="lora,mlp,full")
     args = ap.parse_args()
 
     from lmtailor.models.catalog import resolve

@@ -187,8 +187,9 @@ class TrainSpec(_Spec):
     )
     strategy: Literal["auto", "lora", "qlora", "full", "freeze"] = Field(
         "auto",
-        description="auto: models up to 1.5B train their MLP blocks (up to 5000 rows) or all weights; larger: "
-        "LoRA; qlora: LoRA over a 4-bit base (bitsandbytes, CUDA only)",
+        description="auto: models up to 1.5B on up to 5000 rows train LoRA at 2e-3 with replay, their MLP blocks "
+        "without it; on more rows all weights; larger models: LoRA; qlora: LoRA over a 4-bit base (bitsandbytes, "
+        "CUDA only)",
     )
     freeze_layers: int | None = Field(None, ge=1, description="freeze: train only the last N decoder layers")
     freeze_modules: list[str] | None = Field(

@@ -54,5 +54,7 @@ def test_the_estimate_per_device_follows_sharding_checkpointing_and_qlora(tiny_l
     # QLoRA: the frozen base in 4 bits instead of 16, the same adapters
     lora = estimate(tiny_llama_dir, "lora", batch_size=8, max_length=512)
     qlora = estimate(tiny_llama_dir, "qlora", batch_size=8, max_length=512)
+    # the console's "auto": the rule with its default replay trains LoRA (train/defaults.py)
+    assert estimate(tiny_llama_dir, "auto", batch_size=8, max_length=512) == lora
     assert qlora["trained_parameters"] == lora["trained_parameters"]
     assert qlora["weights"] < 0.4 * lora["weights"] + lora["trained_parameters"] * 4

@@ -117,6 +117,34 @@ def test_the_rule_recites_no_more_where_it_replays() -> None:
     assert plan_for(facts, replay_ratio=None, recite=True).recite is True  # the user's word over the rule
 
 
+def test_with_replay_a_small_model_on_small_data_trains_lora_at_2e3_and_without_it_the_mlp_blocks() -> None:
+    facts = [a for _, a in FACTS]
+    plan = plan_for(facts, replay_ratio=None)  # the rule's replay: LoRA (docs/defaults.md, "Retention")
+    assert (plan.strategy, plan.learning_rate, plan.freeze_modules) == ("lora", 2e-3, None)
+    assert plan.why["strategy"].startswith("lora: 135M parameters, 12 rows with replay")
+    assert plan.why["learning_rate"] == "0.002 for lora-small"
+    # where replay cannot be done, the rule before it: the MLP blocks at 3e-4 (and the recitations above)
+    fallback = plan.without_replay
+    assert fallback["strategy"][0] == "freeze" and fallback["freeze_modules"][0] == ["mlp"]
+    assert fallback["learning_rate"] == (3e-4, "0.0003 for mlp")
+    off = plan_for(facts)  # replay off: the MLP rule
+    assert (off.strategy, off.learning_rate, off.freeze_modules) == ("freeze", 3e-4, ["mlp"])
+    assert off.why["strategy"].startswith("freeze, MLP blocks only")
+    # LoRA the user picked, with replay: the same rate
+    chosen = plan_for(facts, replay_ratio=None, strategy="lora")
+    assert chosen.learning_rate == 2e-3 and chosen.without_replay["learning_rate"][0] == 1e-3
+    assert "strategy" not in chosen.without_replay  # the user's strategy stays
+    own = plan_for(facts, replay_ratio=None, learning_rate=5e-4)  # the user's rate wins, replay or not
+    assert own.learning_rate == 5e-4 and "learning_rate" not in own.without_replay
+    half = plan_for(facts, replay_ratio=None, learning_rate_multiplier=0.5)
+    assert half.learning_rate == 1e-3 and half.without_replay["learning_rate"][0] == 1.5e-4
+    spec = TrainSpec(model="m", data="facts.jsonl")
+    big = choose(spec, 12, [40] * 12, int(7e9), answers=facts)  # over 1.5B: LoRA at its own rate
+    assert (big.strategy, big.learning_rate) == ("lora", 1e-3) and "strategy" not in big.without_replay
+    many = choose(spec, 6000, [40] * 6000, int(SMALL), answers=facts)  # large data on a small model: full
+    assert (many.strategy, many.learning_rate) == ("full", 1e-4)
+
+
 def test_the_spec_turns_recitations_on_or_off_over_the_rule() -> None:
     assert plan_for(["Paris."] * 12, recite=True).recite is True
     plan = plan_for([a for _, a in FACTS], recite=False)

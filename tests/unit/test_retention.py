@@ -250,6 +250,10 @@ def test_replay_on_a_base_without_a_chat_template(tiny_llama_dir: Path, tiny_cha
     card = json.loads((out / "lmtailor.json").read_text())
     assert card["hyperparameters"]["replay_ratio"] == 0.0
     assert "no chat template" in card["defaults_chosen"]["replay_ratio"]
+    # the rule's LoRA at 2e-3 is for runs with replay: without it, the MLP blocks at their rate
+    assert card["strategy"] == "freeze" and card["hyperparameters"]["learning_rate"] == 3e-4
+    why = card["defaults_chosen"]["strategy"]
+    assert why.startswith("freeze, MLP blocks only") and "(no replay)" in why
     # the rule's recitations, off for its replay, come back with replay gone
     assert card["hyperparameters"]["recite"] is True and card["defaults_chosen"]["recite"].startswith("on: ")
     assert any("training without replay" in line for line in logs)

@@ -48,11 +48,14 @@ def estimate(config_dir: str | Path, strategy: str, batch_size: int, max_length:
     mlp = 3 * h * inter  # gate, up, down
     embed = vocab * h * (1 if cfg.get("tie_word_embeddings", True) else 2)
     total = parameters or layers * (attn + mlp) + embed
+    # "auto": the rule with its default replay, LoRA on small data and on large models alike (train/defaults.py)
+    if strategy == "auto":
+        strategy = "lora"
     if strategy in ("lora", "qlora"):
         per_layer = lora_r * (2 * (h + h) + 2 * (h + kv * head_dim) + 2 * (h + inter) + (inter + h))
         trained = layers * per_layer
         stored = total  # the frozen base, beside the adapters
-    elif strategy in ("mlp", "auto"):  # auto on a small model is the MLP-only rule (train/defaults.py)
+    elif strategy == "mlp":
         trained = layers * mlp
         stored = total - trained
     elif strategy == "freeze":

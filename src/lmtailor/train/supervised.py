@@ -217,7 +217,8 @@ def _replay(spec: TrainSpec, base, plan, user_rows: int, home, log: Callable) ->
         plan.why["replay_ratio"] = f"0: {e}"
         for key, (value, why) in plan.without_replay.items():  # the rule's choices without replay's rows
             setattr(plan, key, value)
-            plan.why[key] = why
+            if why:
+                plan.why[key] = why
         return []
     log(f"replay: {len(rows)} rows of the base's own answers to general prompts ({plan.replay_ratio:.0%})")
     return rows
