@@ -205,6 +205,10 @@ def test_requests_the_jobs_api_refuses(platform, lively_llama_dir, tmp_path):
         client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id,
                                        extra_body={"lmtailor": {"lora_rank": 8}})  # fmt: skip
     assert e.value.body["param"] == "lmtailor.lora_rank"
+    for seed in (-1, 2**63):  # what the trainer cannot seed with, and the store cannot hold (it was a 500)
+        with pytest.raises(openai.BadRequestError) as e:
+            client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id, seed=seed)
+        assert e.value.body["param"] == "seed"
     # an option its method cannot use: refused now, not a job that fails when it starts
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model=lively_llama_dir.name, training_file=f.id, method={"type": "dpo"},

@@ -83,8 +83,13 @@ def fuzz(url: str, op, mode: GenerationMode, cases, statuses: Counter) -> None:
         statuses[op.label, mode, response.status_code // 100] += 1
         case.validate_response(response, checks=[not_a_server_error])
         if response.status_code >= 400:
-            body = response.json()
-            assert set(body) == {"error"} and isinstance(body["error"]["message"], str), body
+            body = (
+                response.json()
+            )  # OpenAI's shape: all four keys, message and type words, param and code maybe
+            error = body.get("error") if set(body) == {"error"} else None
+            assert isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}, body
+            assert isinstance(error["message"], str) and isinstance(error["type"], str), body
+            assert all(error[k] is None or isinstance(error[k], str) for k in ("param", "code")), body
         if mode is GenerationMode.NEGATIVE:
             case.validate_response(response, checks=[negative_data_rejection])
 

@@ -65,7 +65,7 @@ class JobCreate(BaseModel):
     hyperparameters: dict | None = None  # deprecated by OpenAI in favour of method, still accepted
     method: dict | None = None
     suffix: str | None = Field(None, max_length=64)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)  # what the trainer's numpy takes (and the store holds)
     metadata: dict[str, str] | None = None
     lmtailor: dict[str, Any] | None = None  # lmtailor's own TrainSpec keys (strategy, lora_r, …)
 
