@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -94,7 +95,14 @@ def test_python_grader_limits_time_memory_and_network():
         source = ("import socket\ndef grade(sample, item):\n"
                   f"    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n    return 1.0\n")  # fmt: skip
         reached = run_python(source, {}, {})
-    assert reached.value is None and reached.kind == "runtime", reached
+        assert reached.value is None and reached.kind == "runtime", reached
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing reached the port
+            listener.accept()
+        with socket.create_connection(("127.0.0.1", port)):  # the negative control: a connection is seen
+            listener.setblocking(True)
+            listener.settimeout(5)
+            listener.accept()[0].close()
     fine = run_python("def grade(sample, item):\n    return 0.25\n", {}, {})
     assert fine.value == 0.25 and fine.error is None
 
@@ -210,17 +218,23 @@ def test_a_python_grader_sees_nothing_of_the_host_and_writes_only_its_scratch(tm
 
     assert sandbox.unavailable() is None, sandbox.unavailable()  # make test installs bubblewrap
     home = tmp_path / "home"
-    (home / "models").mkdir(parents=True)
+    (home / "models" / "tuned").mkdir(parents=True)
+    (home / "models" / "tuned" / "model.safetensors").write_text("the weights")
     (home / "jobs.db").write_text("the job store")
     monkeypatch.setenv("LMTAILOR_HOME", str(home))
     monkeypatch.setenv("LMTAILOR_API_KEY", "sk-server-secret")  # the server's environment
-    for path in ("/etc/passwd", "/etc/shadow", str(home / "jobs.db")):
+    weights = str(home / "models" / "tuned" / "model.safetensors")
+    for path in ("/etc/passwd", "/etc/shadow", str(home / "jobs.db"), weights):
         got = run_python(probe(f"return len(open({path!r}).read())"), {}, {})
         assert got.value is None and got.kind == "runtime", (path, got)
         assert "Error" in got.error and path in got.error
+    listing = run_python(probe(f"return len(os.listdir({str(home / 'models')!r}))"), {}, {})
+    assert listing.value is None and str(home / "models") in listing.error, listing
     outside = run_python(probe(f"open({str(tmp_path / 'planted')!r}, 'w').write('x')\nreturn 1"), {}, {})
     assert outside.kind == "runtime" and not (tmp_path / "planted").exists()
+    assert not os.path.exists("/usr/planted")  # so that its absence below means something
     assert run_python(probe("open('/usr/planted', 'w')\nreturn 1"), {}, {}).kind == "runtime"
+    assert not os.path.exists("/usr/planted")  # the host's /usr, writable to a root server, is unchanged
     scratch = run_python(
         probe("open('/scratch/a', 'w').write('ok')\nreturn len(open('/scratch/a').read())"), {}, {}
     )
@@ -235,13 +249,37 @@ def test_a_python_grader_sees_nothing_of_the_host_and_writes_only_its_scratch(tm
     assert numpy.value == 1.5, numpy  # the environment's packages are there, read-only
 
 
+def graders_on_host() -> set[int]:
+    """The host's processes that are python graders: their command line names the payload, in the sandbox or
+    in the grader's folder (unsandboxed)."""
+    from lmtailor.graders import sandbox
+
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if any(mark in cmdline.read_bytes() for mark in (sandbox.PAYLOAD.encode(), b"/lmtailor-grader-")):
+                found.add(int(cmdline.parent.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
 def test_a_python_grader_keeps_to_its_process_and_output_limits():
+    import resource
+    import time
+
     from lmtailor.graders.python_runner import OUTPUT_LIMIT, PROCESS_LIMIT
 
+    before = graders_on_host()
     forks = run_python(probe("import time\nn = 0\ntry:\n    for _ in range(200):\n        if os.fork() == 0:\n"
-                             "            time.sleep(3)\n            os._exit(0)\n        n += 1\nexcept OSError:\n"
+                             "            time.sleep(600)\n            os._exit(0)\n        n += 1\nexcept OSError:\n"
                              "    pass\nreturn n"), {}, {})  # fmt: skip
     assert forks.value is not None and forks.value < PROCESS_LIMIT, forks
+    # its children sleep ten minutes: none is left on the host, so they were killed with it
+    deadline = time.monotonic() + 2
+    while graders_on_host() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not graders_on_host() - before
     big = run_python(
         probe(f"open('/scratch/big', 'wb').write(b'x' * {OUTPUT_LIMIT + (1 << 20)})\nreturn 1"), {}, {}
     )
@@ -250,6 +288,14 @@ def test_a_python_grader_keeps_to_its_process_and_output_limits():
         probe(f"import sys\nsys.stderr.write('x' * {OUTPUT_LIMIT + (1 << 20)})\nreturn 1"), {}, {}
     )
     assert spam.value is None and "File too large" in spam.error, spam  # its stderr too
+    # stdout goes to /dev/null: a gigabyte printed costs the host neither memory nor disk, only the grader's time
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    printed = run_python(probe("import sys\nfor _ in range(1024):\n    sys.stdout.buffer.write(b'x' * (1 << 20))\n"
+                               "return 1"), {}, {})  # fmt: skip
+    assert printed.value == 1.0, printed
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 64 << 10
+    forever = run_python(probe("while True:\n    print('x' * 4096)"), {}, {}, time_limit=2)
+    assert forever.kind == "timeout" and forever.seconds < 10, forever
 
 
 def test_a_python_grader_cannot_make_a_user_namespace_of_its_own(tmp_path):
