@@ -74,3 +74,50 @@ def test_reinforcement_a_few_steps_through_lmtailor_train(tiny_llama_dir, tmp_pa
         run_sft(spec.model_copy(update={"grader": {"type": "string_check", "name": "s", "input": "x",
                                                    "reference": "y", "operation": "regex"}}),
                 home=tmp_path / "home", progress=False, log=lambda line: None)  # fmt: skip
+
+
+def test_a_hostile_grader_in_a_reinforcement_run_sees_nothing_of_the_host(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
+    """A reinforcement run whose python grader reads, for every answer, a file of the lmtailor home and
+    /etc/passwd: through GRPO's reward function, grade and the sandbox, it finds neither (0.25 says so, 1.0
+    would say it read one, 0.0 that it failed). The negative control: the same reward unsandboxed reads them."""
+    from lmtailor.graders import sandbox
+
+    assert sandbox.unavailable() is None, sandbox.unavailable()  # make test installs bubblewrap
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "jobs.db").write_text("the job store")
+    monkeypatch.setenv("LMTAILOR_HOME", str(home))
+    paths = [str(home / "jobs.db"), "/etc/passwd"]
+    grader = {"type": "python", "name": "snoop",
+              "source": "def grade(sample, item):\n    for path in item['paths']:\n        try:\n"
+                        "            if open(path).read():\n                return 1.0\n        except OSError:\n"
+                        "            pass\n    return 0.25\n"}  # fmt: skip
+    data = tmp_path / "rl.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Say {i}."}], "paths": paths})
+                            + "\n" for i in range(4)), encoding="utf-8")  # fmt: skip
+    spec = TrainSpec(model=str(tiny_llama_dir), data=str(data), output=str(tmp_path / "rl"), method="reinforcement",
+                     grader=grader, strategy="lora", lora_r=4, epochs=1, batch_size=2, num_generations=2,
+                     max_completion_length=4, val_ratio=0.25, eval_steps=1, precision="fp32",
+                     retention=False)  # fmt: skip
+    run_sft(spec, home=home, progress=False, log=lambda line: None)
+    logs = [
+        json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    rewards = [r[k] for r in logs for k in ("reward", "eval_reward") if k in r]
+    assert rewards and all(r == 0.25 for r in rewards), rewards
+
+    monkeypatch.setenv(
+        sandbox.BWRAP_ENV, "/nonexistent/bwrap"
+    )  # no sandbox: a CLI run's grader is the user's
+    monkeypatch.delenv(sandbox.TRUST_ENV, raising=False)
+    sandbox.unavailable.cache_clear()
+    try:
+        unsandboxed = reward_function(grader)(
+            prompts=[[]], completions=["x"], item=[json.dumps({"paths": paths})]
+        )
+        assert unsandboxed == [1.0]
+    finally:
+        monkeypatch.undo()
+        sandbox.unavailable.cache_clear()
