@@ -120,6 +120,117 @@ def test_hostile_names_and_rows_are_shown_as_text_and_run_nothing(page, tmp_path
     page.reload()
 
 
+# what the parrot model answers, whatever it is asked: each tag would set window.__xss if it ran as HTML
+PARROT_TAGS = ['<img src=x onerror="window.__xss=6">', "<script>window.__xss=7</script>",
+               '<svg onload="window.__xss=8"></svg>']  # fmt: skip
+PARROT_SAYS = "The answer:" + "".join(PARROT_TAGS)
+
+
+@pytest.fixture(scope="module")
+def parrot_dir(smol_dir, tmp_path_factory) -> Path:
+    """A tiny Llama that answers every chat prompt with PARROT_SAYS: its vocabulary has the three tags as added
+    tokens, and its weights make a chain of them (no attention or MLP output; each token's embedding points the
+    head at the next one), from the last token of the chat template's generation prompt to <|im_end|>. Its
+    folder's name is markup too (the console shows model names, in its charts as well)."""
+    import itertools
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmtailor.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(str(smol_dir))  # its own copy: the tags are added to it
+    tokenizer.add_tokens(PARROT_TAGS)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "?"}], tokenize=False,
+                                           add_generation_prompt=True)  # fmt: skip
+    chain = [tokenizer(prompt, add_special_tokens=False)["input_ids"][-1]]
+    chain += tokenizer("The answer:", add_special_tokens=False)["input_ids"]
+    chain += tokenizer.convert_tokens_to_ids(PARROT_TAGS) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert len(set(chain)) == len(chain)  # one next token per token
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.lm_head.weight.zero_()
+        for i, (token, after) in enumerate(itertools.pairwise(chain)):
+            model.model.embed_tokens.weight[token, i] = 1.0
+            model.lm_head.weight[after, i] = 10.0  # a logit of 57 after the norm, every other 0
+    folder = tmp_path_factory.mktemp("parrot") / "<img src=x onerror=window.__xss=9>"
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_hostile_model_answers_and_names_are_shown_as_text_and_run_nothing(open_page, server_class, parrot_dir,
+                                                                           lively_llama_dir, tmp_path):  # fmt: skip
+    """A served model whose answers and name are HTML, in the chat, the arena and an evaluation's table, chart
+    and examples: shown as text, and none of their script runs (each would set window.__xss)."""
+    from lmtailor.platform.store import Store
+    from lmtailor.platform.worker import Worker
+    from lmtailor.serve.app import create_app
+    from lmtailor.serve.pool import ModelPool
+
+    parrot, other = parrot_dir.name, lively_llama_dir.name
+    store = Store(tmp_path / "home")
+    worker = Worker(store, workers=1, poll=0.2)
+    pool = ModelPool(home=tmp_path / "home", models=[str(parrot_dir), str(lively_llama_dir)],
+                     engine="transformers", dtype="float32", store=store)  # fmt: skip
+    server = server_class(create_app(pool, store=store, worker=worker), pool)
+    worker.start()
+    try:
+        page = open_page(server.url + "/#chat")
+        page.evaluate("window.__xss = undefined")
+        page.locator(f"#chat-model option[value='{parrot}']").wait_for(state="attached")
+        page.select_option("#chat-model", parrot)
+        page.fill("#chat-temperature", "0")
+        page.fill("#chat-max", "32")
+        page.fill("#chat-input", "What is the capital of France?")
+        page.press("#chat-input", "Enter")
+        page.wait_for_function(
+            "(t) => document.querySelector('.msg.assistant .text')?.textContent === t", arg=PARROT_SAYS
+        )
+        assert page.inner_text(".msg.assistant .who") == parrot
+        page.goto(server.url + "/#arena")
+        page.select_option("#arena-a", parrot)
+        page.select_option("#arena-b", other)
+        page.fill("#arena-prompt", "Tell me about the sea.")
+        page.click("#arena-go")
+        page.locator("#arena-vote").wait_for()
+        assert page.inner_text("#arena-out-a") == PARROT_SAYS and page.inner_text("#arena-name-a") == parrot
+        page.click("#arena-vote button[data-vote=a]")
+        page.locator("#arena-tally tbody tr", has_text=parrot).wait_for()
+        test = tmp_path / "test.jsonl"
+        test.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}], "reference": a})
+                                + "\n" for q, a in ROWS[:2]), encoding="utf-8")  # fmt: skip
+        uploaded = server.client().files.create(file=open(test, "rb"), purpose="evals")
+        run_evaluation(page, uploaded.id, [parrot, other], "contains", 16)
+        page.locator("#eval-examples tbody tr").first.wait_for(timeout=LONG)
+        assert page.inner_text("#eval-examples tbody tr td:nth-child(3)") == PARROT_SAYS
+        assert parrot in page.inner_text("#eval-table") and parrot in page.inner_text("#eval-examples thead")
+        assert page.locator("#eval-chart rect.bar").count() == 2
+        title = page.text_content("#eval-chart rect.bar title")  # the chart's one innerHTML: escaped
+        assert title.startswith(parrot + ": "), title
+        shot(page, "evaluate-hostile")
+        boxes = "#chat-log #arena-out-a #arena-name-a #arena-tally #eval-table #eval-examples".split()
+        assert page.locator(", ".join(f"{b} img, {b} script, {b} svg" for b in boxes)).count() == 0
+        assert page.locator("#eval-chart img, #eval-chart script, #eval-chart svg svg").count() == 0
+        page.wait_for_timeout(500)
+        assert page.evaluate("window.__xss") is None
+        # the negative control: the answer the chat showed, put in as HTML, does run here
+        page.evaluate("(t) => { const d = document.createElement('div'); d.innerHTML = t; document.body.append(d); }",
+                      page.text_content(".msg.assistant .text"))  # fmt: skip
+        page.wait_for_function("window.__xss !== undefined")
+    finally:
+        server.stop()
+        worker.stop()
+
+
 @pytest.fixture(scope="module")
 def tuned(page, console, tmp_path_factory, lively_llama_dir) -> dict:
     """One fine-tuning job started from the Train page, watched on it to the end: its model, and what the page
