@@ -472,6 +472,89 @@ class SynthSpec(_Spec):
         return self
 
 
+class TuneSpec(_Spec):
+    """What `lmtailor tune` runs: trials of `lmtailor train` on one split, searched by Optuna (docs/tuning.md)."""
+
+    model: str = Field(
+        "smollm2-135m-instruct", description="catalog name, model folder, tuned model or .gguf file"
+    )
+    data: str = Field(
+        ..., description="training file (chat, alpaca or sharegpt; JSONL, JSON, CSV or Parquet)"
+    )
+    val_data: str | None = Field(
+        None,
+        description="validation file; else `val_ratio` of the training rows, held out by phrasing or label",
+    )
+    val_ratio: float = Field(0.2, gt=0, lt=1, description="fraction of training rows held out for validation")
+    format: Literal["auto", "chat", "alpaca", "sharegpt"] = Field("auto", description="data format")
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="bad rows stop the run, or are skipped and counted"
+    )
+    output: str = Field(..., description="the search's folder: its study, trials, report and the best model")
+    metric: str | None = Field(
+        None, description="what the search maximises on validation (default: f1 for labels, else contains)"
+    )
+    budget: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock seconds for the search (given as 15m, 90s, 1h30m or seconds; default 15m "
+        "unless `trials` is given)",
+    )
+    trials: int | None = Field(
+        None, ge=1, description="at most this many trials (the default rule is the first)"
+    )
+    strategies: list[Literal["lora", "mlp", "full"]] = Field(
+        ["lora", "mlp", "full"], min_length=1, description="strategies the search may pick"
+    )
+    retention: bool = Field(True, description="measure each trial's retention, and hold trials to a floor")
+    retention_floor: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="a trial keeping less of the base than this does not win (default: the default rule's "
+        "retention minus 0.05)",
+    )
+    seed: int = Field(42, description="seed of the split, the sampler and every trial")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="compute precision")
+    trust_remote_code: bool = Field(False, description="run code shipped with the model (off: safer)")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str | None) -> str | None:
+        if value is not None and (value == "perplexity" or value not in METRIC_NAMES):
+            known = ", ".join(n for n in METRIC_NAMES if n != "perplexity")
+            raise ValueError(f"unknown metric {value!r}; a search maximises one of {known}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneSpec:
+        if self.budget is None and self.trials is None:
+            self.__dict__["budget"] = 900.0  # 15 minutes (set in __dict__: validate_assignment would recurse)
+        return self
+
+
+DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "15m", "90s", "1h30m", "2.5h" or a plain number of seconds; an error names the value."""
+    value = text.strip().lower()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    match = DURATION.fullmatch(value)
+    if not value or not match or not any(match.groups()):
+        raise ValueError(f"{text!r} is not a duration: give 15m, 90s, 1h30m or seconds")
+    hours, minutes, seconds = (float(g or 0) for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
 def load_spec(cls: type[_Spec], file: str | Path | None, overrides: dict[str, Any]) -> Any:
     """A spec from a YAML file with flags on top (flags that are None are left out)."""
     import yaml

@@ -14,6 +14,7 @@ from lmtailor.cli.data import data_app
 from lmtailor.cli.evaluate import eval_command
 from lmtailor.cli.jobs import jobs_app
 from lmtailor.cli.support import user_errors
+from lmtailor.cli.tune import tune_command
 from lmtailor.models.loading import use_given_threads
 from lmtailor.terminal import out, print_table
 
@@ -29,6 +30,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(jobs_app, name="jobs")
 app.command("eval")(eval_command)
+app.command("tune")(tune_command)
 
 HomeOpt = Annotated[
     Path | None, typer.Option("--home", help="lmtailor home (default: $LMTAILOR_HOME or ~/.lmtailor)")

@@ -59,3 +59,48 @@ def _counts(n: int, ratios: list[float]) -> list[int]:
             counts[donor] -= 1
             counts[i] += 1
     return counts
+
+
+def held_out_phrasings(
+    records: Sequence[Record],
+    answers: Sequence[str | None],
+    ratio: float,
+    seed: int = 0,
+    labels: bool = False,
+) -> tuple[list[Record], list[Record], str]:
+    """A validation split that measures generalisation: (train, val, how).
+
+    `answers[i]` is record i's answer (None: a row without one). With `labels` (a few short answers, each given
+    to many rows) the split is stratified: each label gives its share of rows, at least one, and keeps at least
+    one in training. Otherwise rows that share an answer are phrasings of one question: one phrasing of a group
+    is held out at a time, a group never wholly, so every validation question's answer was trained in other
+    words; rows whose answer is theirs alone stay in training. Where no answer repeats, a seeded random split.
+    """
+    rng = random.Random(seed)
+    groups: dict[str, list[int]] = {}
+    for i, answer in enumerate(answers):
+        if answer is not None:
+            groups.setdefault(" ".join(answer.lower().split()), []).append(i)
+    shared = {key: rows for key, rows in groups.items() if len(rows) > 1}
+    want = max(1, round(ratio * len(records)))
+    held: set[int] = set()
+    if labels and shared:
+        for rows in shared.values():
+            take = min(len(rows) - 1, max(1, round(ratio * len(rows))))
+            held.update(rng.sample(rows, take))
+        how = f"stratified by label ({len(shared)} labels)"
+    elif shared:
+        pools = {key: rng.sample(rows, len(rows)) for key, rows in shared.items()}
+        keys = sorted(pools)
+        rng.shuffle(keys)
+        while len(held) < want and any(len(pools[k]) > 1 for k in keys):
+            for key in keys:
+                # the last phrasing of an answer stays in training
+                if len(held) < want and len(pools[key]) > 1:
+                    held.add(pools[key].pop())
+        how = f"held-out phrasings ({len(shared)} answers given in several phrasings)"
+    else:
+        parts = split_records(records, ratios=(1 - ratio, ratio), seed=seed)
+        return parts["train"], parts["val"], "random (no answer is given to more than one row)"
+    train = [r for i, r in enumerate(records) if i not in held]
+    return train, [r for i, r in enumerate(records) if i in held], how

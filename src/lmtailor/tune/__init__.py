@@ -1,0 +1,1 @@
+"""`lmtailor tune`: a validation-driven search over strategy and hyperparameters (docs/tuning.md)."""

@@ -1,0 +1,388 @@
+"""`run_tune(spec)`: trials of `lmtailor train` on one validation split, searched by Optuna, the best kept.
+
+split      the training file into train.jsonl / val.jsonl in the output folder, once (data/split.py:
+           whole phrasings held out, labels stratified), so every trial and a resumed search see the same rows
+study      Optuna's TPE over tune/space.py in study.db (SQLite) beside them: a killed search reopens it,
+           finished trials stay finished, a trial cut short by the kill runs again
+trials     one at a time in this process; trial 0 is the default rule; each validates every epoch on the
+           search's metric (generated answers), keeps its best checkpoint, and is pruned by the median
+           of the trials before it, or stopped when the budget runs out
+the best   trial by the metric among those that keep at least the retention floor, moved to output/model;
+           tune.json records every trial, and report.md / report.html (tune/report.py) show them
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from lmtailor.errors import LmtailorError
+from lmtailor.home import atomic_write_json, atomic_write_text
+from lmtailor.specs import TrainSpec, TuneSpec, build_spec
+from lmtailor.tune.space import plan_params, suggest
+
+STUDY = "lmtailor-tune"
+FLOOR_MARGIN = 0.05  # the default retention floor: the default rule's retention minus this
+
+
+class BudgetSpent(Exception):
+    """Raised inside a trial's training when the search's time is up."""
+
+
+def run_tune(spec: TuneSpec, home=None, log: Callable = print, pruner=None) -> dict[str, Any]:
+    """Search, keep the best trial's model in `spec.output`/model, and return the record written to tune.json.
+    `pruner`: an Optuna pruner (default: the median of the earlier trials at the same epoch, after two)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = Path(spec.output)
+    out.mkdir(parents=True, exist_ok=True)
+    train_file, val_file, how = split_once(spec, out, log)
+    metric = spec.metric or pick_metric(spec, (train_file, val_file))
+    base = build_spec(TrainSpec, {
+        "model": spec.model, "data": str(train_file), "val_data": str(val_file), "format": "chat",
+        "seed": spec.seed, "eval_metrics": [metric], "best_metric": metric, "keep_best": True,
+        "retention": spec.retention, "precision": spec.precision, "trust_remote_code": spec.trust_remote_code,
+    })  # fmt: skip
+    from lmtailor.train.memory import dry_run
+
+    plan = dry_run(base, home)["plan"]  # what the rule picks for these rows: trial 0
+    with one_search(out):
+        study, storage = open_study(spec, out, pruner)
+        retried = recover(study, storage)
+        if retried:
+            log(f"trials {', '.join(map(str, retried))} were cut short by a stop: they run again")
+        if not study.trials:
+            # None: the rule picked outside the space (trial 0 then trains it all the same)
+            params = plan_params(plan, base.lora_r, spec.strategies)
+            study.enqueue_trial(params or {}, user_attrs={"default": True, "in_space": params is not None})
+        log(f"search: {metric} on {val_file.name} ({how}); {limits(spec)}; study {out / 'study.db'}")
+        stopped = search(spec, study, base, plan, out, metric, home, log)
+        return finish(spec, study, out, metric, how, stopped, log)
+
+
+@contextmanager
+def one_search(out: Path):
+    """One process at a time on a search folder (a second would fail the first one's running trial as stale)."""
+    import fcntl
+
+    with (out / "tune.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LmtailorError(f"{out}: another `lmtailor tune` is running on this folder") from None
+        yield
+
+
+def split_once(spec: TuneSpec, out: Path, log: Callable) -> tuple[Path, Path, str]:
+    """train.jsonl and val.jsonl in `out`: written by the first start, read back by every later one."""
+    from lmtailor.data.formats import load_records
+
+    train_file, val_file, meta = out / "train.jsonl", out / "val.jsonl", out / "split.json"
+    if meta.exists():
+        done = json.loads(meta.read_text(encoding="utf-8"))
+        if done["data"] != spec.data:
+            raise LmtailorError(
+                f"{out} holds a search on {done['data']}, not {spec.data}: give another --output"
+            )
+        return train_file, val_file, done["how"]
+    rows = load_records(spec.data, fmt=spec.format, on_error=spec.on_error).records
+    if spec.val_data:
+        train, val = rows, load_records(spec.val_data, fmt=spec.format, on_error=spec.on_error).records
+        how = f"validation file {spec.val_data}"
+    else:
+        train, val, how = held_out(rows, spec)
+    if not train or not val:
+        raise LmtailorError(
+            f"{spec.data}: {len(train)} training and {len(val)} validation rows; a search needs both"
+        )
+    for path, records in ((train_file, train), (val_file, val)):
+        atomic_write_text(path, "".join(json.dumps(r.to_chat(), ensure_ascii=False) + "\n" for r in records))
+    atomic_write_json(meta, {"how": how, "train": len(train), "val": len(val), "data": spec.data})
+    log(f"split: {len(train)} training rows, {len(val)} for validation ({how})")
+    return train_file, val_file, how
+
+
+def held_out(rows: list, spec: TuneSpec) -> tuple[list, list, str]:
+    from lmtailor.data.augment import single_answer
+    from lmtailor.data.split import held_out_phrasings
+    from lmtailor.evaluate.metrics import pick_metrics
+
+    answers = [single_answer(r) for r in rows]
+    labels = "f1" in pick_metrics([a for a in answers if a is not None] or [""])
+    return held_out_phrasings(rows, answers, spec.val_ratio, seed=spec.seed, labels=labels)
+
+
+def pick_metric(spec: TuneSpec, files: tuple[Path, Path]) -> str:
+    """f1 (macro) where the answers (training and validation) are a few labels, else contains."""
+    from lmtailor.data.formats import load_records
+    from lmtailor.evaluate.metrics import pick_metrics
+    from lmtailor.train.callbacks import val_rows
+
+    references = [row.reference for path in files for row in val_rows(load_records(str(path)).records)]
+    return "f1" if "f1" in pick_metrics(references) else "contains"
+
+
+def open_study(spec: TuneSpec, out: Path, pruner):
+    import optuna
+
+    def constraints(trial) -> tuple[float]:  # <= 0: feasible (keeps at least the floor)
+        return (trial.user_attrs.get("constraint", 0.0),)
+
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, constraints_func=constraints)
+    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize", sampler=sampler,
+                                pruner=pruner, load_if_exists=True)  # fmt: skip
+    return study, storage
+
+
+def recover(study, storage) -> list[int]:
+    """Trials left running by a killed search (the lock says no other process runs one): failed, and their
+    parameters queued to run again. Optuna's own way, heartbeats, needs study.optimize(); the search asks and
+    tells, so it fails them here, by the storage id a FrozenTrial keeps."""
+    from optuna.trial import TrialState
+
+    again = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        attrs = {k: v for k, v in trial.user_attrs.items() if k in ("default", "in_space")}
+        study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number})
+        again.append(trial.number)
+    return again
+
+
+def limits(spec: TuneSpec) -> str:
+    parts = [f"budget {spec.budget:.0f} s"] if spec.budget else []
+    return ", ".join(parts + ([f"at most {spec.trials} trials"] if spec.trials else []))
+
+
+def search(spec: TuneSpec, study, base: TrainSpec, plan: dict, out: Path, metric: str, home, log) -> str:
+    """Trials until the budget or the count is spent; returns why it stopped."""
+    import optuna
+    from optuna.trial import TrialState
+
+    spent_before, start = float(study.user_attrs.get("spent_s", 0.0)), time.time()
+    while True:
+        spent = spent_before + time.time() - start
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        if spec.trials and len(done) >= spec.trials:
+            return "trials"
+        if spec.budget and not room_for_another(spec.budget - spent, done):
+            return "budget"
+        trial = study.ask()
+        deadline = time.time() + (spec.budget - spent if spec.budget else float("inf"))
+        t0 = time.time()
+        try:
+            value = run_trial(trial, spec, base, plan, out, metric, deadline, home, log)
+        except (optuna.TrialPruned, BudgetSpent) as e:
+            trial.set_user_attr("seconds", round(time.time() - t0, 1))
+            trial.set_user_attr("stopped", "budget" if isinstance(e, BudgetSpent) else "pruned")
+            shutil.rmtree(out / "trials" / f"{trial.number:03d}", ignore_errors=True)
+            study.tell(trial, state=TrialState.PRUNED)
+            log(
+                f"trial {trial.number}: {'stopped by the budget' if isinstance(e, BudgetSpent) else 'pruned'}"
+            )
+        except LmtailorError as e:  # this trial's settings cannot train (e.g. memory): the search goes on
+            trial.set_user_attr("error", str(e))
+            study.tell(trial, state=TrialState.FAIL)
+            log(f"trial {trial.number}: failed: {e}")
+        else:
+            study.tell(trial, value)
+            keep_best_only(study, out)
+        finally:
+            study.set_user_attr("spent_s", round(spent_before + time.time() - start, 1))
+            free()
+
+
+def room_for_another(remaining: float, done: list) -> bool:
+    """Time for one more trial: some left, and at least half what a finished trial took at the median."""
+    took = [
+        t.user_attrs["seconds"]
+        for t in done
+        if "seconds" in t.user_attrs and t.user_attrs.get("stopped") is None
+    ]
+    return remaining > 0 and (not took or remaining >= 0.5 * statistics.median(took))
+
+
+def run_trial(trial, spec: TuneSpec, base: TrainSpec, plan: dict, out: Path, metric: str, deadline: float, home,
+              log) -> float:  # fmt: skip
+    """Train one trial; its value is the best validation score of its run (the checkpoint it keeps)."""
+    from lmtailor.train.callbacks import read_metrics
+    from lmtailor.train.sft import run_sft
+
+    default = bool(trial.user_attrs.get("default"))
+    if not default or trial.user_attrs.get("in_space"):  # the rule's picks recorded as trial 0's parameters
+        fields = suggest(trial, spec.strategies, plan["epochs"])
+    if default:
+        fields = {}  # trial 0 trains the rule itself
+    folder = out / "trials" / f"{trial.number:03d}"
+    shutil.rmtree(folder, ignore_errors=True)
+    spec_ = build_spec(TrainSpec, {**base.model_dump(exclude_unset=True), **fields, "output": str(folder)})
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    t0 = time.time()
+    with (logs / f"{trial.number:03d}.log").open("w", encoding="utf-8") as f:
+        write = lambda line: print(line, file=f, flush=True)  # noqa: E731
+        run_sft(
+            spec_, home=home, progress=False, log=write, callbacks=[trial_callback(trial, metric, deadline)]
+        )
+    card = json.loads((folder / "lmtailor.json").read_text(encoding="utf-8"))
+    scores = [
+        row[f"eval_{metric}"] for row in read_metrics(folder / "metrics.jsonl") if f"eval_{metric}" in row
+    ]
+    if not scores:
+        raise LmtailorError(
+            f"trial {trial.number}: no validation score for {metric} in {folder / 'metrics.jsonl'}"
+        )
+    value = max(scores)
+    retention = (card["metrics"].get("retention") or {}).get("value")
+    floor = retention_floor(spec, trial.study, retention if trial.user_attrs.get("default") else None)
+    trial.set_user_attr("seconds", round(time.time() - t0, 1))
+    trial.set_user_attr("retention", retention)
+    trial.set_user_attr(
+        "constraint", floor - retention if floor is not None and retention is not None else 0.0
+    )
+    trial.set_user_attr("chosen", {k: card["hyperparameters"].get(k) for k in HYPERPARAMETERS})
+    log(f"trial {trial.number}{' (the default rule)' if trial.user_attrs.get('default') else ''}: {metric} "
+        f"{value:.3f}, retention {_pct(retention)}, {time.time() - t0:.0f} s: {describe(card)}")  # fmt: skip
+    return value
+
+
+HYPERPARAMETERS = ("strategy", "learning_rate", "epochs", "batch_size", "lora_r", "neftune_alpha", "replay_ratio",
+                   "recite", "freeze_modules")  # fmt: skip
+
+
+def describe(card: dict) -> str:
+    h = card["hyperparameters"]
+    what = "mlp" if h.get("freeze_modules") == ["mlp"] else h["strategy"]
+    rank = f" r{h['lora_r']}" if what == "lora" else ""
+    return (f"{what}{rank} lr {h['learning_rate']:g}, {h['epochs']:g} epochs, batch {h['batch_size']}, "
+            f"replay {h.get('replay_ratio') or 0:g}")  # fmt: skip
+
+
+def retention_floor(spec: TuneSpec, study, default_retention: float | None) -> float | None:
+    """The least retention a winner keeps: the spec's, else the default rule's minus FLOOR_MARGIN (recorded in the
+    study when trial 0 finishes); None where retention is not measured."""
+    if not spec.retention:
+        return None
+    if spec.retention_floor is not None:
+        return spec.retention_floor
+    if default_retention is not None and "floor" not in study.user_attrs:
+        study.set_user_attr("floor", max(0.0, default_retention - FLOOR_MARGIN))
+    return study.user_attrs.get("floor")
+
+
+def trial_callback(trial, metric: str, deadline: float):
+    """Reports each validation's score to Optuna (which may prune the trial) and stops at the deadline."""
+    import optuna
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        ended = False
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.ended = True
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get(f"eval_{metric}")
+            if value is None or self.ended:
+                return  # the evaluation after training (of the kept checkpoint) is not a new epoch
+            trial.report(value, step=max(1, round(state.epoch or 0)))
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if time.time() > deadline:
+                raise BudgetSpent()
+
+    return Report()
+
+
+def keep_best_only(study, out: Path) -> None:
+    """Only the best feasible trial's model stays on disk (each is a whole model); others keep their log."""
+    best = best_trial(study)
+    for folder in sorted((out / "trials").glob("[0-9][0-9][0-9]")):
+        if best is None or int(folder.name) != best.number:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def best_trial(study):
+    """The finished trial with the highest value among those keeping the retention floor (the earliest on a
+    tie: the default rule wins ties)."""
+    from optuna.trial import TrialState
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    feasible = [t for t in done if t.user_attrs.get("constraint", 0.0) <= 0]
+    return max(feasible, key=lambda t: (t.value, -t.number), default=None)
+
+
+def finish(spec: TuneSpec, study, out: Path, metric: str, how: str, stopped: str, log) -> dict[str, Any]:
+    """Move the best trial's model to out/model; write tune.json and the report; return the record."""
+    best = best_trial(study)
+    if best is None:
+        raise LmtailorError(
+            f"no trial finished in {out} (stopped by the {stopped}): give the search more time (--budget) or trials"
+        )
+    model = out / "model"
+    folder = out / "trials" / f"{best.number:03d}"
+    if folder.exists():
+        shutil.rmtree(model, ignore_errors=True)
+        os.replace(folder, model)
+    record = tune_record(spec, study, metric, how, stopped, best)
+    atomic_write_json(out / "tune.json", record)
+    from lmtailor.tune.report import write_report
+
+    write_report(out, record, study)
+    default = record["default"]
+    log(f"best: trial {best.number}: {metric} {best.value:.3f}, retention {_pct(best.user_attrs.get('retention'))}"
+        f"; the default rule: {_score(default, metric)}; model in {model}")  # fmt: skip
+    return record
+
+
+def tune_record(spec: TuneSpec, study, metric: str, how: str, stopped: str, best) -> dict[str, Any]:
+    trials = [trial_row(t) for t in study.trials]
+    default = next((row for row in trials if row["default"] and row["state"] == "complete"), None)
+    return {
+        "metric": metric, "split": how, "stopped_by": stopped, "budget_s": spec.budget, "max_trials": spec.trials,
+        "spent_s": study.user_attrs.get("spent_s"), "retention_floor": retention_floor(spec, study, None),
+        "best": trial_row(best), "default": default, "trials": trials, "seed": spec.seed, "data": spec.data,
+        "model": spec.model, "strategies": spec.strategies,
+    }  # fmt: skip
+
+
+def trial_row(t) -> dict[str, Any]:
+    return {
+        "number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
+        "default": bool(t.user_attrs.get("default")), "retention": t.user_attrs.get("retention"),
+        "seconds": t.user_attrs.get("seconds"), "stopped": t.user_attrs.get("stopped"),
+        "chosen": t.user_attrs.get("chosen"), "error": t.user_attrs.get("error"),
+        "retry_of": t.user_attrs.get("retry_of"),
+        "started": t.datetime_start.isoformat() if t.datetime_start else None,
+    }  # fmt: skip
+
+
+def _pct(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.0%}"
+
+
+def _score(row: dict | None, metric: str) -> str:
+    if row is None:
+        return "did not finish"
+    return f"{metric} {row['value']:.3f}, retention {_pct(row['retention'])}"
+
+
+def free() -> None:
+    import gc
+
+    from lmtailor.train.core import free_memory
+
+    gc.collect()
+    free_memory()
