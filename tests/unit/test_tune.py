@@ -52,6 +52,12 @@ def test_held_out_phrasings_keep_every_validation_answer_trained_in_other_words(
     assert "Only here." in trained  # an answer given once stays in training
     assert len(train) + len(val) == len(rows)
     assert {r.messages[0].content for r in val}.isdisjoint(r.messages[0].content for r in train)
+    # answers worded anew with each question (as in the quickstart): the rows' `fact` key groups them
+    worded = [Record(qa(w.format(who), f"{answer} ({j})").messages, "d.jsonl", 1, {"fact": who})
+              for who, answer in FACTS for j, w in enumerate(WORDINGS)]  # fmt: skip
+    train, val, how = held_out_phrasings(worded, [r.messages[1].content for r in worded], 0.25, seed=3)
+    assert how.startswith("held-out phrasings") and len(val) == 6
+    assert {r.extra["fact"] for r in val} <= {r.extra["fact"] for r in train}
     # labels: each one held out in its share and kept in training
     labels = [qa(f"ticket {i}", ["billing", "shipping", "refund"][i % 3]) for i in range(30)]
     train, val, how = held_out_phrasings(labels, [r.messages[1].content for r in labels], 0.2, labels=True)

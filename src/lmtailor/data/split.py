@@ -10,6 +10,7 @@ from lmtailor.data.records import Record
 from lmtailor.errors import LmtailorError
 
 SPLIT_NAMES = ("train", "val", "test")
+GROUP_KEYS = ("group", "fact")  # a row's own name for the question it phrases (held_out_phrasings)
 
 
 def split_records(
@@ -72,14 +73,21 @@ def held_out_phrasings(
 
     `answers[i]` is record i's answer (None: a row without one). With `labels` (a few short answers, each given
     to many rows) the split is stratified: each label gives its share of rows, at least one, and keeps at least
-    one in training. Otherwise rows that share an answer are phrasings of one question: one phrasing of a group
-    is held out at a time, a group never wholly, so every validation question's answer was trained in other
-    words; rows whose answer is theirs alone stay in training. Where no answer repeats, a seeded random split.
+    one in training. Otherwise rows of one group are phrasings of one question: one phrasing of a group is held
+    out at a time, a group never wholly, so every validation question's answer was trained in other words; a
+    row alone in its group stays in training. A row's group is its `group` key (or `fact`, as the quickstart's
+    rows have: their answers are worded anew with each question), else its answer. Where no group has two rows,
+    a seeded random split.
     """
     rng = random.Random(seed)
     groups: dict[str, list[int]] = {}
-    for i, answer in enumerate(answers):
-        if answer is not None:
+    for i, (record, answer) in enumerate(zip(records, answers, strict=True)):
+        named = next(
+            (record.extra[k] for k in GROUP_KEYS if isinstance(record.extra.get(k), str | int)), None
+        )
+        if named is not None and not labels:
+            groups.setdefault(f"group:{named}", []).append(i)
+        elif answer is not None:
             groups.setdefault(" ".join(answer.lower().split()), []).append(i)
     shared = {key: rows for key, rows in groups.items() if len(rows) > 1}
     want = max(1, round(ratio * len(records)))
@@ -98,9 +106,9 @@ def held_out_phrasings(
                 # the last phrasing of an answer stays in training
                 if len(held) < want and len(pools[key]) > 1:
                     held.add(pools[key].pop())
-        how = f"held-out phrasings ({len(shared)} answers given in several phrasings)"
+        how = f"held-out phrasings ({len(shared)} questions asked in several phrasings)"
     else:
         parts = split_records(records, ratios=(1 - ratio, ratio), seed=seed)
-        return parts["train"], parts["val"], "random (no answer is given to more than one row)"
+        return parts["train"], parts["val"], "random (no answer or group has more than one row)"
     train = [r for i, r in enumerate(records) if i not in held]
     return train, [r for i, r in enumerate(records) if i in held], how

@@ -133,10 +133,7 @@ def pick_metric(spec: TuneSpec, files: tuple[Path, Path]) -> str:
 def open_study(spec: TuneSpec, out: Path, pruner):
     import optuna
 
-    def constraints(trial) -> tuple[float]:  # <= 0: feasible (keeps at least the floor)
-        return (trial.user_attrs.get("constraint", 0.0),)
-
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, constraints_func=constraints)
+    sampler = optuna.samplers.TPESampler(seed=spec.seed)  # reads each trial's constraint (run_trial sets it)
     pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
     study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize", sampler=sampler,
@@ -247,9 +244,10 @@ def run_trial(trial, spec: TuneSpec, base: TrainSpec, plan: dict, out: Path, met
     floor = retention_floor(spec, trial.study, retention if trial.user_attrs.get("default") else None)
     trial.set_user_attr("seconds", round(time.time() - t0, 1))
     trial.set_user_attr("retention", retention)
-    trial.set_user_attr(
-        "constraint", floor - retention if floor is not None and retention is not None else 0.0
-    )
+    # <= 0: the trial keeps the floor; the sampler prefers such trials, best_trial takes only them
+    constraint = floor - retention if floor is not None and retention is not None else 0.0
+    trial.set_user_attr("constraint", constraint)
+    trial.set_constraint("retention_floor", constraint)
     trial.set_user_attr("chosen", {k: card["hyperparameters"].get(k) for k in HYPERPARAMETERS})
     log(f"trial {trial.number}{' (the default rule)' if trial.user_attrs.get('default') else ''}: {metric} "
         f"{value:.3f}, retention {_pct(retention)}, {time.time() - t0:.0f} s: {describe(card)}")  # fmt: skip
