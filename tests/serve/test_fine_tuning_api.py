@@ -604,3 +604,41 @@ def test_a_job_on_two_processes_pauses_resumes_and_finishes(platform, lively_lla
     refused = httpx.post(platform.url + "/v1/fine_tuning/jobs", timeout=30,
                          json={"model": lively_llama_dir.name, "training_file": f.id, "lmtailor": {"nodes": 2}})  # fmt: skip
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "lmtailor.nodes"
+
+
+def test_a_search_job_runs_trials_and_serves_the_best_model(platform, lively_llama_dir, tmp_path):
+    """`lmtailor tune` as a job: an uploaded file, trial 0 the default rule, each trial an event, the search's
+    record as the job's result (no server paths), the best model served and answering."""
+    client = platform.client()
+    rows = [(w.format(f"robot {i}"), f"Robot {i} works in hall {i}.") for i in range(6)
+            for w in ("Where does {} work?", "Which hall is {} in?", "Tell me where {} works.")]  # fmt: skip
+    data = client.files.create(file=chat_file(tmp_path / "facts.jsonl", rows).open("rb"), purpose="fine-tune")
+    spec = {"data": data.id, "model": lively_llama_dir.name, "trials": 2, "retention": False, "seed": 0}
+    created = httpx.post(platform.url + "/v1/lmtailor/jobs", json={"type": "tune", "spec": spec, "suffix": "search"},
+                         timeout=30)  # fmt: skip
+    assert created.status_code == 200, created.text
+    done = wait_for(client, created.json()["id"], ("succeeded", "failed"))
+    assert done.status == "succeeded", done.error
+    job = httpx.get(platform.url + f"/v1/lmtailor/jobs/{done.id}", timeout=30).json()
+    result = job["result"]
+    assert [(t["number"], t["state"]) for t in result["trials"]] == [(0, "complete"), (1, "complete")]
+    assert result["trials"][0]["default"] and result["no_replay"]  # the tiny model cannot replay: none drawn
+    assert result["metric"] == "contains" and result["split"].startswith("held-out phrasings")
+    assert result["model"] == lively_llama_dir.name and str(platform.store.home) not in json.dumps(result)
+    events = [e.message for e in client.fine_tuning.jobs.list_events(done.id, limit=100).data]
+    assert any(m.startswith("Trial 0 (the default rule) complete") for m in events)
+    assert any(m.startswith("Search finished: trial ") for m in events)
+    name = f"ft:{lively_llama_dir.name}:search:{done.id}"
+    assert done.fine_tuned_model == name and name in [m.id for m in client.models.list()]
+    reply = client.chat.completions.create(
+        model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+    )
+    assert reply.choices[0].message.content is not None
+    # refused at the door, naming the field
+    for bad, param in (({"data": "file-nope"}, "spec.data"), ({"data": None}, "spec.data"),
+                       ({"model": "no-such-model"}, "spec.model"), ({"output": "/tmp/x"}, "spec.output"),
+                       ({"budget": "soon"}, "spec.budget"), ({"metric": "perplexity"}, "spec.metric")):  # fmt: skip
+        r = httpx.post(
+            platform.url + "/v1/lmtailor/jobs", json={"type": "tune", "spec": {**spec, **bad}}, timeout=30
+        )
+        assert r.status_code in (400, 404) and r.json()["error"]["param"] == param, (bad, r.text)

@@ -91,6 +91,8 @@ def test_trial_0_is_the_default_rule_and_only_the_best_model_is_kept(tiny_llama_
         k: chosen[k] for k in ("strategy", "learning_rate", "epochs", "batch_size")
     }
     assert len(record["trials"]) == 2 and record["stopped_by"] == "trials"
+    # where the rule's replay fell back, the search draws none (a base that cannot replay: the API test's)
+    assert bool(record["no_replay"]) == (not first["chosen"]["replay_ratio"])
     assert (out / "model" / "lmtailor.json").exists()
     assert not list((out / "trials").glob("*"))  # the best model only, moved: one model on disk
     assert json.loads((out / "tune.json").read_text())["best"]["number"] == record["best"]["number"]

@@ -43,6 +43,8 @@ def run(store: Store, job_id: str) -> None:
             _merge(store, job)
         elif job.kind == "synth":
             _synth(store, job)
+        elif job.kind == "tune":
+            _tune(store, job)
         else:
             _fine_tune(store, job)
     except Paused:  # one process, or every rank of several (train.launch.PausedRun)
@@ -338,6 +340,38 @@ def _synth(store: Store, job: Job) -> None:
     store.log(job.id, f"Synthesis finished: {report['train_rows']} training rows, {report['eval_rows']} eval rows",
               data={**summary, "files": dict(zip(("train", "eval", "report"), files, strict=True))})  # fmt: skip
     store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), result_files=files, pid=None)
+
+
+def _tune(store: Store, job: Job) -> None:
+    """A search (tune/search.py) in the job's folder: a restarted job reopens its study and goes on. Each trial
+    is an event; the best model so far is served under the job's model name, and the final best at the end."""
+    from lmtailor.specs import TuneSpec
+    from lmtailor.tune.search import run_tune
+
+    out = job_dir(store, job) / "tune"
+    spec = TuneSpec(**{**job.options, "output": str(out)})
+    if not _start(
+        store, job, f"Search started ({spec.trials or 'no'} trial limit, budget {spec.budget or 0:.0f} s)"
+    ):
+        return
+    name = fine_tuned_name(job)
+
+    def trial_ended(row: dict, best: Path | None) -> None:
+        ended = row["stopped"] or row["state"]
+        value = "" if row["value"] is None else f": {row['value']:.3f}"
+        store.log(job.id, f"Trial {row['number']}{' (the default rule)' if row['default'] else ''} {ended}{value}",
+                  data=row)  # fmt: skip
+        if best is not None:
+            _register(
+                store, name, job.id, best, json.loads((best / "lmtailor.json").read_text("utf-8")), None
+            )
+
+    record = run_tune(spec, home=store.home, log=lambda line: store.log(job.id, line), on_trial=trial_ended)
+    model = out / "model"
+    _register(store, name, job.id, model, json.loads((model / "lmtailor.json").read_text("utf-8")), None)
+    best = record["best"]
+    store.transition(job.id, ACTIVE, status="succeeded", finished_at=now(), fine_tuned_model=name, pid=None,
+                     events=[f"Search finished: trial {best['number']} is the best; served as {name}"])  # fmt: skip
 
 
 class JobCallback:

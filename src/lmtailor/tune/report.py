@@ -50,14 +50,20 @@ def summary(record: dict[str, Any], importance: dict[str, float]) -> list[str]:
             f"| {name} | {_value(t)} | {_pct(t['retention'])} | {seconds} | {ended} | {_params(t)} |"
         )
     if importance:
-        lines += ["", "Parameter importance (Optuna, fANOVA over the finished trials):", ""]
+        lines += ["", "Parameter importance (Optuna's default evaluator, over the finished trials):", ""]
         lines += [f"- {name}: {value:.2f}" for name, value in importance.items()]
     return lines
 
 
+MIN_FOR_IMPORTANCE = 4  # finished trials before parameter importances say anything
+
+
 def importances(study) -> dict[str, float]:
     import optuna
+    from optuna.trial import TrialState
 
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < MIN_FOR_IMPORTANCE:
+        return {}
     try:
         return optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):  # fewer than two finished trials, or one set of parameters for all
@@ -131,10 +137,28 @@ def _value(row: dict | None) -> str:
 
 
 def _params(row: dict) -> str:
-    chosen = row.get("chosen") or {}
+    """What a trial trained: the choices its card recorded, else (a pruned trial) its sampled parameters."""
+    chosen = row.get("chosen") or from_params(row["params"])
     if not chosen:
-        return ", ".join(f"{k} {v}" for k, v in row["params"].items()) or "–"
+        return "–"
     what = "mlp" if chosen.get("freeze_modules") == ["mlp"] else chosen.get("strategy")
     rank = f" r{chosen['lora_r']}" if what == "lora" else ""
     return (f"{what}{rank}, lr {chosen['learning_rate']:g}, {chosen['epochs']:g} epochs, batch {chosen['batch_size']}, "
             f"replay {chosen.get('replay_ratio') or 0:g}, NEFTune {chosen.get('neftune_alpha') or 0:g}")  # fmt: skip
+
+
+def from_params(params: dict) -> dict:
+    """A trial's sampled parameters (tune/space.py) in the card's terms."""
+    if "strategy" not in params:
+        return {}
+    strategy = params["strategy"]
+    return {
+        "strategy": "freeze" if strategy == "mlp" else strategy,
+        "freeze_modules": ["mlp"] if strategy == "mlp" else None,
+        "learning_rate": params[f"lr_{strategy}"],
+        "epochs": params["epochs"],
+        "batch_size": params["batch_size"],
+        "lora_r": params.get("lora_r"),
+        "replay_ratio": params["replay_ratio"],
+        "neftune_alpha": params["neftune_alpha"],
+    }

@@ -36,9 +36,13 @@ class BudgetSpent(Exception):
     """Raised inside a trial's training when the search's time is up."""
 
 
-def run_tune(spec: TuneSpec, home=None, log: Callable = print, pruner=None) -> dict[str, Any]:
+def run_tune(spec: TuneSpec, home=None, log: Callable = print, pruner=None, on_trial: Callable | None = None,
+             ) -> dict[str, Any]:  # fmt: skip
     """Search, keep the best trial's model in `spec.output`/model, and return the record written to tune.json.
-    `pruner`: an Optuna pruner (default: the median of the earlier trials at the same epoch, after two)."""
+    `pruner`: an Optuna pruner (default: the median of the earlier trials at the same epoch, from the second
+    epoch of the third trial on);
+    `on_trial(row, best)`: called as each trial ends, with its tune.json row and the folder of the best model so
+    far (None before one finishes): a job serves it."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -64,7 +68,7 @@ def run_tune(spec: TuneSpec, home=None, log: Callable = print, pruner=None) -> d
             params = plan_params(plan, base.lora_r, spec.strategies)
             study.enqueue_trial(params or {}, user_attrs={"default": True, "in_space": params is not None})
         log(f"search: {metric} on {val_file.name} ({how}); {limits(spec)}; study {out / 'study.db'}")
-        stopped = search(spec, study, base, plan, out, metric, home, log)
+        stopped = search(spec, study, base, plan, out, metric, home, log, on_trial)
         return finish(spec, study, out, metric, how, stopped, log)
 
 
@@ -134,7 +138,9 @@ def open_study(spec: TuneSpec, out: Path, pruner):
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=spec.seed)  # reads each trial's constraint (run_trial sets it)
-    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    # not before two trials have finished, nor at a trial's first epoch (the quickstart's default scored 0.07
+    # there and 0.20 at its fourth: a first epoch says little)
+    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
     study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)  # fmt: skip
@@ -161,7 +167,8 @@ def limits(spec: TuneSpec) -> str:
     return ", ".join(parts + ([f"at most {spec.trials} trials"] if spec.trials else []))
 
 
-def search(spec: TuneSpec, study, base: TrainSpec, plan: dict, out: Path, metric: str, home, log) -> str:
+def search(spec: TuneSpec, study, base: TrainSpec, plan: dict, out: Path, metric: str, home, log, on_trial,
+           ) -> str:  # fmt: skip
     """Trials until the budget or the count is spent; returns why it stopped."""
     import optuna
     from optuna.trial import TrialState
@@ -197,6 +204,10 @@ def search(spec: TuneSpec, study, base: TrainSpec, plan: dict, out: Path, metric
         finally:
             study.set_user_attr("spent_s", round(spent_before + time.time() - start, 1))
             free()
+        if on_trial:
+            best = best_trial(study)
+            folder = out / "trials" / f"{best.number:03d}" if best else None
+            on_trial(trial_row(study.trials[trial.number]), folder if folder and folder.exists() else None)
 
 
 def room_for_another(remaining: float, done: list) -> bool:
@@ -217,7 +228,9 @@ def run_trial(trial, spec: TuneSpec, base: TrainSpec, plan: dict, out: Path, met
 
     default = bool(trial.user_attrs.get("default"))
     if not default or trial.user_attrs.get("in_space"):  # the rule's picks recorded as trial 0's parameters
-        fields = suggest(trial, spec.strategies, plan["epochs"])
+        fields = suggest(
+            trial, spec.strategies, plan["epochs"], replay="no_replay" not in trial.study.user_attrs
+        )
     if default:
         fields = {}  # trial 0 trains the rule itself
     folder = out / "trials" / f"{trial.number:03d}"
@@ -249,6 +262,10 @@ def run_trial(trial, spec: TuneSpec, base: TrainSpec, plan: dict, out: Path, met
     trial.set_user_attr("constraint", constraint)
     trial.set_constraint("retention_floor", constraint)
     trial.set_user_attr("chosen", {k: card["hyperparameters"].get(k) for k in HYPERPARAMETERS})
+    if default and plan["replay_ratio"] and not card["hyperparameters"].get("replay_ratio"):
+        # the rule's replay fell back (a base without a chat template, or no usable answer): a trial that asks
+        # for replay would fail, so the search draws none from now on
+        trial.study.set_user_attr("no_replay", card["defaults_chosen"].get("replay_ratio", "no replay"))
     log(f"trial {trial.number}{' (the default rule)' if trial.user_attrs.get('default') else ''}: {metric} "
         f"{value:.3f}, retention {_pct(retention)}, {time.time() - t0:.0f} s: {describe(card)}")  # fmt: skip
     return value
@@ -352,7 +369,7 @@ def tune_record(spec: TuneSpec, study, metric: str, how: str, stopped: str, best
         "metric": metric, "split": how, "stopped_by": stopped, "budget_s": spec.budget, "max_trials": spec.trials,
         "spent_s": study.user_attrs.get("spent_s"), "retention_floor": retention_floor(spec, study, None),
         "best": trial_row(best), "default": default, "trials": trials, "seed": spec.seed, "data": spec.data,
-        "model": spec.model, "strategies": spec.strategies,
+        "model": spec.model, "strategies": spec.strategies, "no_replay": study.user_attrs.get("no_replay"),
     }  # fmt: skip
 
 

@@ -21,8 +21,9 @@ def max_epochs(default_epochs: float) -> int:
     return int(min(12, max(4, round(2 * default_epochs))))
 
 
-def suggest(trial, strategies: list[str], default_epochs: float) -> dict[str, Any]:
-    """The trial's TrainSpec fields, drawn by Optuna (or taken from its enqueued parameters)."""
+def suggest(trial, strategies: list[str], default_epochs: float, replay: bool = True) -> dict[str, Any]:
+    """The trial's TrainSpec fields, drawn by Optuna (or taken from its enqueued parameters). Without `replay`
+    (the base cannot replay: the default rule's trial fell back without it) the ratio is not drawn: 0."""
     strategy = trial.suggest_categorical("strategy", list(strategies))
     low, high = RATES[strategy]
     fields: dict[str, Any] = {
@@ -30,7 +31,7 @@ def suggest(trial, strategies: list[str], default_epochs: float) -> dict[str, An
         "epochs": float(trial.suggest_int("epochs", 1, max_epochs(default_epochs))),
         "batch_size": trial.suggest_categorical("batch_size", list(BATCH_SIZES)),
         "neftune_alpha": trial.suggest_categorical("neftune_alpha", list(NEFTUNE)),
-        "replay_ratio": trial.suggest_categorical("replay_ratio", list(REPLAY)),
+        "replay_ratio": trial.suggest_categorical("replay_ratio", list(REPLAY)) if replay else 0.0,
     }
     if strategy == "lora":
         fields.update(strategy="lora", lora_r=trial.suggest_categorical("lora_r", list(LORA_RANKS)))

@@ -39,10 +39,10 @@ router = APIRouter()
 @router.post("/v1/lmtailor/jobs")
 async def create_lmtailor_job(body: dict, store: StoreDep, pool: PoolDep, worker: WorkerDep):
     kind = body.get("type")
-    creators = {"eval": _create_eval, "merge": _create_merge, "synth": _create_synth}
+    creators = {"eval": _create_eval, "merge": _create_merge, "synth": _create_synth, "tune": _create_tune}
     create = creators.get(kind) if isinstance(kind, str) else None
     if create is None:
-        raise ApiError(400, f"job type {kind!r}: lmtailor runs 'eval', 'merge' and 'synth' jobs here",
+        raise ApiError(400, f"job type {kind!r}: lmtailor runs 'eval', 'merge', 'synth' and 'tune' jobs here",
                        param="type", code="unsupported_job_type")  # fmt: skip
     return queue_job(store, worker, *create(body, store, pool))
 
@@ -73,6 +73,13 @@ async def get_lmtailor_job(job_id: str, store: StoreDep):
     if job.kind == "synth" and report.exists():
         data["result"] = public_report(json.loads(report.read_text(encoding="utf-8")), job.model,
                                        job.result_files or [])  # fmt: skip
+    record = job_dir(store, job) / "tune" / "tune.json"  # where tune/search.py writes it
+    if job.kind == "tune" and record.exists():  # the search's record, without the server's paths
+        result = json.loads(record.read_text(encoding="utf-8"))
+        data["result"] = {
+            **{k: v for k, v in result.items() if k not in ("data", "model")},
+            "model": job.model,
+        }
     return data
 
 
@@ -158,6 +165,34 @@ def _create_synth(body: dict, store: Store, pool: ModelPool) -> tuple[Job, str]:
               options={**spec.model_dump(exclude={"output"}), NAMES: names}, created_at=now(),
               result_files=[], job_metadata=body.get("metadata"))  # fmt: skip
     return job, f"Created synth job: {job.id} ({len(raw['docs'])} documents)"
+
+
+def _create_tune(body: dict, store: Store, pool: ModelPool) -> tuple[Job, str]:
+    """A search job (`lmtailor tune`): `spec` holds TuneSpec keys, `data` (and `val_data`) the ids of uploaded
+    files, `model` a model this server offers. Each trial is an event; the best model so far is served as
+    `ft:<model>:<suffix or lmtailor>:<job id>`, the search's record is the job's `result`."""
+    from lmtailor.specs import TuneSpec
+
+    raw = _job_spec(body, "data, model and the search options", ("output", "trust_remote_code", "format"))
+    for key in ("data", "val_data"):
+        value = raw.get(key)
+        if value is None and key == "val_data":
+            continue
+        if not (isinstance(value, str) and value.startswith("file-")):
+            raise ApiError(
+                400, f"spec.{key}: the id of a file uploaded to /v1/files (file-…)", param=f"spec.{key}"
+            )
+        raw[key] = str(store.path(find_file(store, value, f"spec.{key}").path))
+    model = raw.get("model", TuneSpec.model_fields["model"].default)
+    raw["model"] = find_model(pool, model, "spec.model").ref
+    spec = _validated(TuneSpec, {**raw, "output": "-"})  # the job's folder is the server's: runjob._tune
+    suffix = body.get("suffix")
+    if suffix is not None and not (isinstance(suffix, str) and 0 < len(suffix) <= 64 and ":" not in suffix):
+        raise ApiError(400, "suffix: up to 64 characters, no ':'", param="suffix")
+    job = Job(id=new_id("tunejob"), kind="tune", status="queued", model=model, suffix=suffix,
+              options=spec.model_dump(exclude={"output"}), created_at=now(), result_files=[],
+              job_metadata=body.get("metadata"))  # fmt: skip
+    return job, f"Created search job: {job.id}"
 
 
 def _documents(store: Store, docs) -> tuple[dict[str, str], list[str]]:
