@@ -612,8 +612,14 @@ def test_a_search_job_runs_trials_and_serves_the_best_model(platform, lively_lla
     client = platform.client()
     rows = [(w.format(f"robot {i}"), f"Robot {i} works in hall {i}.") for i in range(6)
             for w in ("Where does {} work?", "Which hall is {} in?", "Tell me where {} works.")]  # fmt: skip
-    data = client.files.create(file=chat_file(tmp_path / "facts.jsonl", rows).open("rb"), purpose="fine-tune")
-    spec = {"data": data.id, "model": lively_llama_dir.name, "trials": 2, "retention": False, "seed": 0}
+    data = client.files.create(
+        file=chat_file(tmp_path / "facts.jsonl", rows[3:]).open("rb"), purpose="fine-tune"
+    )
+    val = client.files.create(
+        file=chat_file(tmp_path / "val.jsonl", rows[:3]).open("rb"), purpose="fine-tune"
+    )
+    spec = {"data": data.id, "val_data": val.id, "model": lively_llama_dir.name, "trials": 2, "retention": False,
+            "seed": 0}  # fmt: skip
     created = httpx.post(platform.url + "/v1/lmtailor/jobs", json={"type": "tune", "spec": spec, "suffix": "search"},
                          timeout=30)  # fmt: skip
     assert created.status_code == 200, created.text
@@ -623,7 +629,7 @@ def test_a_search_job_runs_trials_and_serves_the_best_model(platform, lively_lla
     result = job["result"]
     assert [(t["number"], t["state"]) for t in result["trials"]] == [(0, "complete"), (1, "complete")]
     assert result["trials"][0]["default"] and result["no_replay"]  # the tiny model cannot replay: none drawn
-    assert result["metric"] == "contains" and result["split"].startswith("held-out phrasings")
+    assert result["metric"] == "contains" and result["split"] == f"validation file {val.id}.jsonl"
     assert result["model"] == lively_llama_dir.name and str(platform.store.home) not in json.dumps(result)
     events = [e.message for e in client.fine_tuning.jobs.list_events(done.id, limit=100).data]
     assert any(m.startswith("Trial 0 (the default rule) complete") for m in events)
@@ -634,6 +640,8 @@ def test_a_search_job_runs_trials_and_serves_the_best_model(platform, lively_lla
         model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
     )
     assert reply.choices[0].message.content is not None
+    paused = httpx.post(platform.url + f"/v1/fine_tuning/jobs/{done.id}/pause", timeout=30)
+    assert paused.status_code == 400 and "is a search: it cannot pause" in paused.json()["error"]["message"]
     # refused at the door, naming the field
     for bad, param in (({"data": "file-nope"}, "spec.data"), ({"data": None}, "spec.data"),
                        ({"model": "no-such-model"}, "spec.model"), ({"output": "/tmp/x"}, "spec.output"),

@@ -123,7 +123,7 @@ def test_the_budget_stops_the_search_and_says_so(tiny_llama_dir, tmp_path: Path)
     from lmtailor.tune.search import run_tune
 
     spec = tune_spec(tiny_llama_dir, tmp_path, trials=None, budget=0.5)  # less than one step's worth
-    with pytest.raises(LmtailorError, match=r"no trial finished .* \(stopped by the budget\)") as e:
+    with pytest.raises(LmtailorError, match=r"no trial finished \(stopped by the budget\)") as e:
         run_tune(spec, home=tmp_path / "home", log=lambda *_: None)
     assert "\n" not in str(e.value)
     import optuna
@@ -133,6 +133,14 @@ def test_the_budget_stops_the_search_and_says_so(tiny_llama_dir, tmp_path: Path)
     )
     assert [(t.state.name, t.user_attrs.get("stopped")) for t in study.trials] == [("PRUNED", "budget")]
     assert study.user_attrs["spent_s"] >= 0.5
+    # continued: the time already spent counts, so no trial starts
+    with pytest.raises(LmtailorError, match=r"no trial finished \(stopped by the budget\)"):
+        run_tune(spec, home=tmp_path / "home", log=lambda *_: None)
+    assert len(optuna.load_study(study_name="lmtailor-tune", storage=study._storage).trials) == 1
+    # continued with other settings: refused in a line, before anything runs
+    with pytest.raises(LmtailorError, match=r"holds a search with seed 0: continue it with the same") as e:
+        run_tune(spec.model_copy(update={"seed": 1}), home=tmp_path / "home", log=lambda *_: None)
+    assert "\n" not in str(e.value)
 
 
 def test_a_killed_search_resumes_without_repeating_finished_trials(tiny_llama_dir, tmp_path: Path) -> None:
@@ -163,6 +171,7 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(tiny_llama_di
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
     assert len(retry) == 1 and retry[0].params == trials[1].params
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 3
+    assert trials[3].params != trials[1].params  # the resumed session draws on, not the same draws again
     record = json.loads((out / "tune.json").read_text())
     assert (out / "model" / "lmtailor.json").exists() and record["best"]["state"] == "complete"
 

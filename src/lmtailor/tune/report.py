@@ -159,6 +159,6 @@ def from_params(params: dict) -> dict:
         "epochs": params["epochs"],
         "batch_size": params["batch_size"],
         "lora_r": params.get("lora_r"),
-        "replay_ratio": params["replay_ratio"],
+        "replay_ratio": params.get("replay_ratio", 0.0),  # not drawn where the base cannot replay
         "neftune_alpha": params["neftune_alpha"],
     }

@@ -90,17 +90,20 @@ def split_once(spec: TuneSpec, out: Path, log: Callable) -> tuple[Path, Path, st
     from lmtailor.data.formats import load_records
 
     train_file, val_file, meta = out / "train.jsonl", out / "val.jsonl", out / "split.json"
+    settings = {k: getattr(spec, k) for k in SAME_SEARCH}
     if meta.exists():
         done = json.loads(meta.read_text(encoding="utf-8"))
-        if done["data"] != spec.data:
+        changed = [k for k in SAME_SEARCH if done.get("settings", {}).get(k, settings[k]) != settings[k]]
+        if done["data"] != spec.data or changed:
+            what = ", ".join(f"{k} {done['settings'][k]!r}" for k in changed) or f"data {done['data']}"
             raise LmtailorError(
-                f"{out} holds a search on {done['data']}, not {spec.data}: give another --output"
+                f"{out} holds a search with {what}: continue it with the same, or give another --output"
             )
         return train_file, val_file, done["how"]
     rows = load_records(spec.data, fmt=spec.format, on_error=spec.on_error).records
     if spec.val_data:
         train, val = rows, load_records(spec.val_data, fmt=spec.format, on_error=spec.on_error).records
-        how = f"validation file {spec.val_data}"
+        how = f"validation file {Path(spec.val_data).name}"
     else:
         train, val, how = held_out(rows, spec)
     if not train or not val:
@@ -109,9 +112,15 @@ def split_once(spec: TuneSpec, out: Path, log: Callable) -> tuple[Path, Path, st
         )
     for path, records in ((train_file, train), (val_file, val)):
         atomic_write_text(path, "".join(json.dumps(r.to_chat(), ensure_ascii=False) + "\n" for r in records))
-    atomic_write_json(meta, {"how": how, "train": len(train), "val": len(val), "data": spec.data})
+    atomic_write_json(
+        meta, {"how": how, "train": len(train), "val": len(val), "data": spec.data, "settings": settings}
+    )
     log(f"split: {len(train)} training rows, {len(val)} for validation ({how})")
     return train_file, val_file, how
+
+
+# What a continued search must share with the one it continues (budget, trials and the floor may change)
+SAME_SEARCH = ("model", "val_data", "val_ratio", "metric", "seed", "strategies", "retention", "precision")
 
 
 def held_out(rows: list, spec: TuneSpec) -> tuple[list, list, str]:
@@ -137,13 +146,18 @@ def pick_metric(spec: TuneSpec, files: tuple[Path, Path]) -> str:
 def open_study(spec: TuneSpec, out: Path, pruner):
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=spec.seed)  # reads each trial's constraint (run_trial sets it)
+    sampler = optuna.samplers.TPESampler(seed=spec.seed)  # reseeded below, once the study's trials are known
     # not before two trials have finished, nor at a trial's first epoch (the quickstart's default scored 0.07
-    # there and 0.20 at its fourth: a first epoch says little)
-    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    # there and 0.20 at its fourth: a first epoch says little). Optuna may prune at step == n_warmup_steps, and
+    # steps are epochs from 1: 2 is the second epoch.
+    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
     study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize", sampler=sampler,
                                 pruner=pruner, load_if_exists=True)  # fmt: skip
+    # A resumed session draws on from where the last one stopped (the same seed would draw its trials again);
+    # TPE after 3 trials, not Optuna's 10 random ones: a 15-minute search of a small model runs about 4. TPE
+    # reads each trial's constraint (run_trial sets it: the retention floor).
+    study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials), n_startup_trials=3)
     return study, storage
 
 
@@ -155,6 +169,7 @@ def recover(study, storage) -> list[int]:
 
     again = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, "cut_short", True)
         storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         attrs = {k: v for k, v in trial.user_attrs.items() if k in ("default", "in_space")}
         study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number})
@@ -169,45 +184,88 @@ def limits(spec: TuneSpec) -> str:
 
 def search(spec: TuneSpec, study, base: TrainSpec, plan: dict, out: Path, metric: str, home, log, on_trial,
            ) -> str:  # fmt: skip
-    """Trials until the budget or the count is spent; returns why it stopped."""
+    """Trials until the budget or the count is spent (failed trials count), or MAX_FAILED fail in a row; returns
+    why it stopped. The time spent is saved in the study as trials run, so a resumed search keeps to the budget."""
+    from optuna.trial import TrialState
+
+    clock = Clock(study)
+    failed = 0
+    while True:
+        ended = study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        )
+        if spec.trials and len([t for t in ended if not t.user_attrs.get("cut_short")]) >= spec.trials:
+            return "trials"  # (a trial a stop cut short runs again: counted once)
+        if spec.budget and not room_for_another(spec.budget - clock.spent(), ended):
+            return "budget"
+        if failed >= MAX_FAILED:
+            raise LmtailorError(
+                f"{failed} trials failed in a row, the last: {ended[-1].user_attrs.get('error')}"
+            )
+        trial = study.ask()
+        deadline = time.time() + (spec.budget - clock.spent() if spec.budget else float("inf"))
+        state = one_trial(trial, spec, base, plan, out, metric, deadline, home, log, clock)
+        failed = failed + 1 if state == TrialState.FAIL else 0
+        best = best_trial(study)
+        folder = out / "trials" / f"{best.number:03d}" if best else None
+        if on_trial:  # the new best is served before the old one's folder goes
+            on_trial(trial_row(study.trials[trial.number]), folder if folder and folder.exists() else None)
+        keep_best_only(study, out)
+
+
+MAX_FAILED = 3  # trials failing one after another: the search stops with the last one's error
+
+
+class Clock:
+    """The search's time across sessions: the study's `spent_s` plus this session's, saved every 10 s at most."""
+
+    def __init__(self, study):
+        self.study, self.before, self.start, self.saved = study, float(study.user_attrs.get("spent_s", 0.0)), \
+            time.time(), 0.0  # fmt: skip
+
+    def spent(self) -> float:
+        return self.before + time.time() - self.start
+
+    def save(self, force: bool = False) -> None:
+        if force or time.time() - self.saved >= 10:
+            self.study.set_user_attr("spent_s", round(self.spent(), 1))
+            self.saved = time.time()
+
+
+def one_trial(trial, spec, base, plan, out: Path, metric: str, deadline: float, home, log, clock):
+    """Run one trial and tell the study how it ended (complete, pruned, stopped by the budget, failed); a
+    failed trial keeps its error, and anything but our own errors is raised after the study knows."""
     import optuna
     from optuna.trial import TrialState
 
-    spent_before, start = float(study.user_attrs.get("spent_s", 0.0)), time.time()
-    while True:
-        spent = spent_before + time.time() - start
-        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        if spec.trials and len(done) >= spec.trials:
-            return "trials"
-        if spec.budget and not room_for_another(spec.budget - spent, done):
-            return "budget"
-        trial = study.ask()
-        deadline = time.time() + (spec.budget - spent if spec.budget else float("inf"))
-        t0 = time.time()
-        try:
-            value = run_trial(trial, spec, base, plan, out, metric, deadline, home, log)
-        except (optuna.TrialPruned, BudgetSpent) as e:
-            trial.set_user_attr("seconds", round(time.time() - t0, 1))
-            trial.set_user_attr("stopped", "budget" if isinstance(e, BudgetSpent) else "pruned")
-            shutil.rmtree(out / "trials" / f"{trial.number:03d}", ignore_errors=True)
-            study.tell(trial, state=TrialState.PRUNED)
-            log(
-                f"trial {trial.number}: {'stopped by the budget' if isinstance(e, BudgetSpent) else 'pruned'}"
-            )
-        except LmtailorError as e:  # this trial's settings cannot train (e.g. memory): the search goes on
-            trial.set_user_attr("error", str(e))
-            study.tell(trial, state=TrialState.FAIL)
-            log(f"trial {trial.number}: failed: {e}")
-        else:
-            study.tell(trial, value)
-            keep_best_only(study, out)
-        finally:
-            study.set_user_attr("spent_s", round(spent_before + time.time() - start, 1))
-            free()
-        if on_trial:
-            best = best_trial(study)
-            folder = out / "trials" / f"{best.number:03d}" if best else None
-            on_trial(trial_row(study.trials[trial.number]), folder if folder and folder.exists() else None)
+    t0, folder = time.time(), out / "trials" / f"{trial.number:03d}"
+    try:
+        value = run_trial(trial, spec, base, plan, out, metric, deadline, home, log, clock)
+    except (optuna.TrialPruned, BudgetSpent) as e:
+        why = "budget" if isinstance(e, BudgetSpent) else "pruned"
+        trial.set_user_attr("seconds", round(time.time() - t0, 1))
+        trial.set_user_attr("stopped", why)
+        study_tell(trial, TrialState.PRUNED, folder)
+        log(f"trial {trial.number}: {'stopped by the budget' if why == 'budget' else 'pruned'}")
+        return TrialState.PRUNED
+    except Exception as e:  # noqa: BLE001 - the study must know, or every rerun retries the same crash
+        trial.set_user_attr("error", str(e) if isinstance(e, LmtailorError) else f"{type(e).__name__}: {e}")
+        study_tell(trial, TrialState.FAIL, folder)
+        log(f"trial {trial.number}: failed: {trial.user_attrs['error']}")
+        if not isinstance(e, LmtailorError):  # a bug: the traceback, after the study is consistent
+            raise
+        return TrialState.FAIL
+    finally:
+        clock.save(force=True)
+        free()
+    trial.study.tell(trial, value)
+    return TrialState.COMPLETE
+
+
+def study_tell(trial, state, folder: Path) -> None:
+    """A trial that did not complete leaves no model."""
+    shutil.rmtree(folder, ignore_errors=True)
+    trial.study.tell(trial, state=state)
 
 
 def room_for_another(remaining: float, done: list) -> bool:
@@ -221,7 +279,7 @@ def room_for_another(remaining: float, done: list) -> bool:
 
 
 def run_trial(trial, spec: TuneSpec, base: TrainSpec, plan: dict, out: Path, metric: str, deadline: float, home,
-              log) -> float:  # fmt: skip
+              log, clock: Clock) -> float:  # fmt: skip
     """Train one trial; its value is the best validation score of its run (the checkpoint it keeps)."""
     from lmtailor.train.callbacks import read_metrics
     from lmtailor.train.sft import run_sft
@@ -242,7 +300,11 @@ def run_trial(trial, spec: TuneSpec, base: TrainSpec, plan: dict, out: Path, met
     with (logs / f"{trial.number:03d}.log").open("w", encoding="utf-8") as f:
         write = lambda line: print(line, file=f, flush=True)  # noqa: E731
         run_sft(
-            spec_, home=home, progress=False, log=write, callbacks=[trial_callback(trial, metric, deadline)]
+            spec_,
+            home=home,
+            progress=False,
+            log=write,
+            callbacks=[trial_callback(trial, metric, deadline, clock)],
         )
     card = json.loads((folder / "lmtailor.json").read_text(encoding="utf-8"))
     scores = [
@@ -257,8 +319,12 @@ def run_trial(trial, spec: TuneSpec, base: TrainSpec, plan: dict, out: Path, met
     floor = retention_floor(spec, trial.study, retention if trial.user_attrs.get("default") else None)
     trial.set_user_attr("seconds", round(time.time() - t0, 1))
     trial.set_user_attr("retention", retention)
-    # <= 0: the trial keeps the floor; the sampler prefers such trials, best_trial takes only them
-    constraint = floor - retention if floor is not None and retention is not None else 0.0
+    # <= 0: the trial keeps the floor; the sampler prefers such trials, best_trial takes only them. Where a floor
+    # applies and the trial's retention could not be measured, it cannot be shown to keep it: infeasible.
+    if floor is None:
+        constraint = 0.0
+    else:
+        constraint = floor - retention if retention is not None else 1.0
     trial.set_user_attr("constraint", constraint)
     trial.set_constraint("retention_floor", constraint)
     trial.set_user_attr("chosen", {k: card["hyperparameters"].get(k) for k in HYPERPARAMETERS})
@@ -295,8 +361,9 @@ def retention_floor(spec: TuneSpec, study, default_retention: float | None) -> f
     return study.user_attrs.get("floor")
 
 
-def trial_callback(trial, metric: str, deadline: float):
-    """Reports each validation's score to Optuna (which may prune the trial) and stops at the deadline."""
+def trial_callback(trial, metric: str, deadline: float, clock: Clock):
+    """Reports each validation's score to Optuna (which may prune the trial), saves the time spent, and stops at
+    the deadline (checked after each step: before an epoch's validation too)."""
     import optuna
     from transformers import TrainerCallback
 
@@ -315,6 +382,7 @@ def trial_callback(trial, metric: str, deadline: float):
                 raise optuna.TrialPruned()
 
         def on_step_end(self, args, state, control, **kwargs):
+            clock.save()
             if time.time() > deadline:
                 raise BudgetSpent()
 
@@ -341,21 +409,32 @@ def best_trial(study):
 
 def finish(spec: TuneSpec, study, out: Path, metric: str, how: str, stopped: str, log) -> dict[str, Any]:
     """Move the best trial's model to out/model; write tune.json and the report; return the record."""
+    from optuna.trial import TrialState
+
     best = best_trial(study)
     if best is None:
-        raise LmtailorError(
-            f"no trial finished in {out} (stopped by the {stopped}): give the search more time (--budget) or trials"
-        )
+        floor = retention_floor(spec, study, None)
+        if floor is not None and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            raise LmtailorError(f"no finished trial kept the retention floor ({floor:.0%} of the base): lower "
+                                "--retention-floor, or give the search more time")  # fmt: skip
+        raise LmtailorError(f"no trial finished (stopped by the {stopped}): give the search more time (--budget) "
+                            "or trials")  # fmt: skip
     model = out / "model"
     folder = out / "trials" / f"{best.number:03d}"
     if folder.exists():
         shutil.rmtree(model, ignore_errors=True)
         os.replace(folder, model)
+    shutil.rmtree(
+        out / "trials", ignore_errors=True
+    )  # what a killed or failed trial left: the best is model/
     record = tune_record(spec, study, metric, how, stopped, best)
     atomic_write_json(out / "tune.json", record)
     from lmtailor.tune.report import write_report
 
-    write_report(out, record, study)
+    try:
+        write_report(out, record, study)
+    except Exception as e:  # noqa: BLE001 - the model and tune.json are what matter; the report says the same
+        log(f"report: not written: {type(e).__name__}: {e}")
     default = record["default"]
     log(f"best: trial {best.number}: {metric} {best.value:.3f}, retention {_pct(best.user_attrs.get('retention'))}"
         f"; the default rule: {_score(default, metric)}; model in {model}")  # fmt: skip

@@ -126,7 +126,9 @@ async def cancel_job(job_id: str, store: StoreDep, worker: WorkerDep):
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/pause")
 async def pause_job(job_id: str, store: StoreDep):
-    find_job(store, job_id)
+    if find_job(store, job_id).kind == "tune":  # its trials are not checkpoints: cancel ends it, record kept
+        raise ApiError(400, f"job {job_id} is a search: it cannot pause (cancel stops it; its trials are recorded)",
+                       param="job_id")  # fmt: skip
     if store.transition(job_id, ("queued",), status="paused", events=["Job paused before it started"]):
         return job_json(find_job(store, job_id))
     if store.ask(job_id, "pause"):

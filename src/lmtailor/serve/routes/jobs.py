@@ -75,7 +75,10 @@ async def get_lmtailor_job(job_id: str, store: StoreDep):
                                        job.result_files or [])  # fmt: skip
     record = job_dir(store, job) / "tune" / "tune.json"  # where tune/search.py writes it
     if job.kind == "tune" and record.exists():  # the search's record, without the server's paths
-        result = json.loads(record.read_text(encoding="utf-8"))
+        home = str(
+            store.home
+        )  # messages inside may name a file of the home (a base's folder): relative to it
+        result = json.loads(record.read_text(encoding="utf-8").replace(home + "/", "").replace(home, ""))
         data["result"] = {
             **{k: v for k, v in result.items() if k not in ("data", "model")},
             "model": job.model,
