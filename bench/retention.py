@@ -6,7 +6,9 @@ Data sets: `quickstart` (facts about a made-up company, English and Chinese, hel
 (facts about a made-up museum, in Chinese: bench/data/zh-facts, 120 rows, 30 held-out phrasings); more as
 `--dataset NAME=TRAIN.jsonl,TEST.jsonl`. Rules: `today` (the default rule before 2026-12-07: no replay, so
 recitations where the rule picks them) and `new` (the rule as it is: replay of the base's own answers at 0.2, no
-recitations, about 150 steps over the user's and replay's rows together); more as `--rule NAME=key:value,...`
+recitations, about 150 steps over the user's and replay's rows together; since 2026-12-08 LoRA at 2e-3 where it
+replays: the `new` rows of docs/defaults.md, measured before, are the MLP blocks at 3e-4, and `lora-lr2e3` is the
+rule as it is now); more as `--rule NAME=key:value,...`
 (TrainSpec keys). docs/defaults.md also reports `replay-v1`, the first replay rule (commit c37d7ce: its epochs
 counted over the user's rows only, so replay's rows added steps), run with that commit's code. Each run trains with `run_sft` and evaluates base vs tuned with `run_eval` in this one process, one run at a
 time (two trainings at once on 2 cores fight over the threads). Results go to WORKDIR/results.jsonl as each run
