@@ -22,6 +22,11 @@ def test_help_imports_no_torch():
 
 def test_cli_reference_covers_every_command():
     text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
-    for cmd in ("train", "eval", "quickstart", "chat", "data validate", "data clean", "models show"):
+    for cmd in ("train", "tune", "eval", "quickstart", "chat", "data validate", "data clean", "models show"):
         assert f"\n## lmtailor {cmd}\n" in text
     assert "--eval-metrics" in text and "--on-error" in text
+
+
+def test_python_m_lmtailor_is_the_command():
+    r = subprocess.run([sys.executable, "-m", "lmtailor", "tune", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "Search strategy and hyperparameters" in r.stdout, r.stderr

@@ -367,5 +367,5 @@ def models_show(name: Annotated[str, typer.Argument(help="model name or folder")
     print_table(table)
 
 
-def main() -> None:  # pragma: no cover - `python -m lmtailor`
+def main() -> None:  # `python -m lmtailor` (__main__.py)
     app(prog_name="lmtailor")
