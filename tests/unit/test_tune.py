@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,3 +208,41 @@ def test_bad_search_values_are_one_line_errors(tmp_path: Path) -> None:
         )
     got = CliRunner().invoke(app, ["tune", "--data", str(data)])
     assert got.exit_code == 1 and "output" in got.output
+
+
+def test_trials_that_cannot_train_fail_with_their_error_and_three_in_a_row_stop_the_search(
+    tokenizer, tmp_path
+):
+    """A model without `mlp` modules (OPT's are fc1 / fc2): every trial of the MLP blocks is refused by the strategy,
+    each recorded as failed with that error; the search stops after three in a row, says why, and keeps the best
+    trial so far (trial 0, the rule's LoRA)."""
+    import optuna
+    import torch
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from lmtailor.tune.search import run_tune
+
+    opt = tmp_path / "tiny-opt"
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=16, ffn_dim=32, num_hidden_layers=1,
+                       num_attention_heads=2, max_position_embeddings=512, word_embed_proj_dim=16,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    OPTForCausalLM(config).save_pretrained(opt)
+    tokenizer.save_pretrained(opt)
+    spec = TuneSpec(model=str(opt), data=str(facts_file(tmp_path / "facts.jsonl")), output=str(tmp_path / "search"),
+                    strategies=["mlp"], trials=6, retention=False, seed=0)  # fmt: skip
+    logs: list[str] = []
+    record = run_tune(spec, home=tmp_path / "home", log=logs.append)
+    assert record["stopped_by"] == "failures" and record["best"]["number"] == 0
+    assert re.fullmatch(r"3 trials failed in a row, the last: .*match no parameter.*", record["failures"])
+    assert any(line.startswith("search stopped: 3 trials failed in a row") for line in logs)
+    study = optuna.load_study(
+        study_name="lmtailor-tune", storage=f"sqlite:///{tmp_path / 'search' / 'study.db'}"
+    )
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "FAIL", "FAIL", "FAIL"], states  # trial 0, the rule (LoRA), trains
+    assert all("match no parameter" in t.user_attrs["error"] for t in study.trials[1:])
+    # a failed trial leaves nothing on disk; the best (trial 0) is the search's model
+    assert (tmp_path / "search" / "model" / "lmtailor.json").exists()
+    assert not (tmp_path / "search" / "trials").exists()

@@ -185,7 +185,7 @@ def limits(spec: TuneSpec) -> str:
 def search(spec: TuneSpec, study, base: TrainSpec, plan: dict, out: Path, metric: str, home, log, on_trial,
            ) -> str:  # fmt: skip
     """Trials until the budget or the count is spent (failed trials count), or MAX_FAILED fail in a row; returns
-    why it stopped. The time spent is saved in the study as trials run, so a resumed search keeps to the budget."""
+    why it stopped ("trials", "budget", "failures"). The time spent is saved in the study as trials run, so a resumed search keeps to the budget."""
     from optuna.trial import TrialState
 
     clock = Clock(study)
@@ -198,10 +198,10 @@ def search(spec: TuneSpec, study, base: TrainSpec, plan: dict, out: Path, metric
             return "trials"  # (a trial a stop cut short runs again: counted once)
         if spec.budget and not room_for_another(spec.budget - clock.spent(), ended):
             return "budget"
-        if failed >= MAX_FAILED:
-            raise LmtailorError(
-                f"{failed} trials failed in a row, the last: {ended[-1].user_attrs.get('error')}"
-            )
+        if failed >= MAX_FAILED:  # the best so far stays the result (finish); with none, finish says why
+            last = ended[-1].user_attrs.get("error")
+            study.set_user_attr("failures", f"{failed} trials failed in a row, the last: {last}")
+            return "failures"
         trial = study.ask()
         deadline = time.time() + (spec.budget - clock.spent() if spec.budget else float("inf"))
         state = one_trial(trial, spec, base, plan, out, metric, deadline, home, log, clock)
@@ -412,6 +412,10 @@ def finish(spec: TuneSpec, study, out: Path, metric: str, how: str, stopped: str
     from optuna.trial import TrialState
 
     best = best_trial(study)
+    if stopped == "failures":
+        log(f"search stopped: {study.user_attrs['failures']}")
+        if best is None:
+            raise LmtailorError(study.user_attrs["failures"])
     if best is None:
         floor = retention_floor(spec, study, None)
         if floor is not None and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -449,6 +453,7 @@ def tune_record(spec: TuneSpec, study, metric: str, how: str, stopped: str, best
         "spent_s": study.user_attrs.get("spent_s"), "retention_floor": retention_floor(spec, study, None),
         "best": trial_row(best), "default": default, "trials": trials, "seed": spec.seed, "data": spec.data,
         "model": spec.model, "strategies": spec.strategies, "no_replay": study.user_attrs.get("no_replay"),
+        "failures": study.user_attrs.get("failures") if stopped == "failures" else None,
     }  # fmt: skip
 
 
