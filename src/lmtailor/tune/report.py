@@ -139,8 +139,11 @@ def _value(row: dict | None) -> str:
 def _params(row: dict) -> str:
     """What a trial trained: the choices its card recorded, else (a pruned trial) its sampled parameters."""
     chosen = row.get("chosen") or from_params(row["params"])
-    if not chosen:
-        return "–"
+    return describe(chosen) if chosen else "–"
+
+
+def describe(chosen: dict) -> str:
+    """A trial's hyperparameters in one line (tune.json's `chosen`: its card's values)."""
     what = "mlp" if chosen.get("freeze_modules") == ["mlp"] else chosen.get("strategy")
     rank = f" r{chosen['lora_r']}" if what == "lora" else ""
     return (f"{what}{rank}, lr {chosen['learning_rate']:g}, {chosen['epochs']:g} epochs, batch {chosen['batch_size']}, "

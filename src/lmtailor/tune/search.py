@@ -26,6 +26,7 @@ from typing import Any
 from lmtailor.errors import LmtailorError
 from lmtailor.home import atomic_write_json, atomic_write_text
 from lmtailor.specs import TrainSpec, TuneSpec, build_spec
+from lmtailor.tune.report import describe, write_report
 from lmtailor.tune.space import plan_params, suggest
 
 STUDY = "lmtailor-tune"
@@ -333,20 +334,12 @@ def run_trial(trial, spec: TuneSpec, base: TrainSpec, plan: dict, out: Path, met
         # for replay would fail, so the search draws none from now on
         trial.study.set_user_attr("no_replay", card["defaults_chosen"].get("replay_ratio", "no replay"))
     log(f"trial {trial.number}{' (the default rule)' if trial.user_attrs.get('default') else ''}: {metric} "
-        f"{value:.3f}, retention {_pct(retention)}, {time.time() - t0:.0f} s: {describe(card)}")  # fmt: skip
+        f"{value:.3f}, retention {_pct(retention)}, {time.time() - t0:.0f} s: {describe(trial.user_attrs['chosen'])}")  # fmt: skip
     return value
 
 
 HYPERPARAMETERS = ("strategy", "learning_rate", "epochs", "batch_size", "lora_r", "neftune_alpha", "replay_ratio",
                    "recite", "freeze_modules")  # fmt: skip
-
-
-def describe(card: dict) -> str:
-    h = card["hyperparameters"]
-    what = "mlp" if h.get("freeze_modules") == ["mlp"] else h["strategy"]
-    rank = f" r{h['lora_r']}" if what == "lora" else ""
-    return (f"{what}{rank} lr {h['learning_rate']:g}, {h['epochs']:g} epochs, batch {h['batch_size']}, "
-            f"replay {h.get('replay_ratio') or 0:g}")  # fmt: skip
 
 
 def retention_floor(spec: TuneSpec, study, default_retention: float | None) -> float | None:
@@ -433,8 +426,6 @@ def finish(spec: TuneSpec, study, out: Path, metric: str, how: str, stopped: str
     )  # what a killed or failed trial left: the best is model/
     record = tune_record(spec, study, metric, how, stopped, best)
     atomic_write_json(out / "tune.json", record)
-    from lmtailor.tune.report import write_report
-
     try:
         write_report(out, record, study)
     except Exception as e:  # noqa: BLE001 - the model and tune.json are what matter; the report says the same
